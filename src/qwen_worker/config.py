@@ -1,0 +1,149 @@
+"""Settings read once from the environment into a frozen object.
+
+Every environment variable the worker reads is here, so README's table has one source.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+BAKED_ASR_DIR = Path("/models/asr")
+BAKED_ALIGNER_DIR = Path("/models/aligner")
+HUB_ASR_ID = "Qwen/Qwen3-ASR-0.6B"
+HUB_ALIGNER_ID = "Qwen/Qwen3-ForcedAligner-0.6B"
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the worker cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str  # "vllm" | "transformers"
+    asr_model: str
+    aligner_model: str
+    max_new_tokens: int
+    aligner_batch_size: int
+    asr_batch_size: int
+    device: str  # transformers backend: "cuda" | "cpu"
+    dtype: str  # "bfloat16" | "float16" | "float32"
+    vllm_max_model_len: int
+    vllm_gpu_memory_utilization: float
+    vllm_max_num_batched_tokens: int
+    vllm_max_num_seqs: int
+    vllm_enforce_eager: bool
+    max_download_bytes: int
+    max_base64_bytes: int
+    max_audio_seconds: float
+    download_timeout_s: float
+    decode_workers: int
+    max_context_chars: int
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def default_backend() -> str:
+    """vLLM when it is installed and a GPU is present, else the transformers backend."""
+    if importlib.util.find_spec("vllm") is not None and _cuda_available():
+        return "vllm"
+    return "transformers"
+
+
+def _model(env: Mapping[str, str], name: str, baked: Path, hub_id: str) -> str:
+    raw = env.get(name, "").strip()
+    if raw:
+        return raw
+    return str(baked) if baked.is_dir() else hub_id
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    backend = env.get("ASR_BACKEND", "").strip().lower() or default_backend()
+    if backend not in ("vllm", "transformers"):
+        raise ConfigError(f"ASR_BACKEND must be vllm or transformers, got {backend!r}")
+    device = env.get("ASR_DEVICE", "").strip().lower() or ("cuda" if _cuda_available() else "cpu")
+    if device not in ("cuda", "cpu"):
+        raise ConfigError(f"ASR_DEVICE must be cuda or cpu, got {device!r}")
+    dtype = env.get("ASR_DTYPE", "").strip().lower() or ("bfloat16" if device == "cuda" else "float32")
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ConfigError(f"ASR_DTYPE must be bfloat16, float16 or float32, got {dtype!r}")
+    return Settings(
+        backend=backend,
+        asr_model=_model(env, "ASR_MODEL", BAKED_ASR_DIR, HUB_ASR_ID),
+        aligner_model=_model(env, "ALIGNER_MODEL", BAKED_ALIGNER_DIR, HUB_ALIGNER_ID),
+        # ~270 s of fast speech is 700-1400 tokens; 2048 leaves room without letting a
+        # repetition loop run for minutes.
+        max_new_tokens=_int(env, "MAX_NEW_TOKENS", 2048, 1, 16384),
+        # Aligner peak memory grows ~0.6 GiB per 270 s chunk: 8 fits beside vLLM on 24 GB cards.
+        aligner_batch_size=_int(env, "ALIGNER_BATCH_SIZE", 8, 1, 256),
+        asr_batch_size=_int(env, "ASR_BATCH_SIZE", 32, 1, 1024),
+        device=device,
+        dtype=dtype,
+        # 270 s -> 3510 audio tokens + prompt + up to MAX_NEW_TOKENS output.
+        vllm_max_model_len=_int(env, "VLLM_MAX_MODEL_LEN", 8192, 1024, 65536),
+        # Leaves the rest of the card to the aligner (up to ~9 GiB at batch 8) and CUDA graphs.
+        vllm_gpu_memory_utilization=_float(env, "VLLM_GPU_MEMORY_UTILIZATION", 0.6, 0.05, 0.95),
+        vllm_max_num_batched_tokens=_int(env, "VLLM_MAX_NUM_BATCHED_TOKENS", 16384, 1024, 1 << 20),
+        vllm_max_num_seqs=_int(env, "VLLM_MAX_NUM_SEQS", 64, 1, 1024),
+        vllm_enforce_eager=_bool(env, "VLLM_ENFORCE_EAGER", False),
+        max_download_bytes=_int(env, "MAX_DOWNLOAD_BYTES", 2 * 1024**3, 1, 1 << 40),
+        max_base64_bytes=_int(env, "MAX_BASE64_BYTES", 20 * 1024**2, 1, 1 << 32),
+        max_audio_seconds=_float(env, "MAX_AUDIO_SECONDS", 6 * 3600.0, 1.0, 1e7),
+        download_timeout_s=_float(env, "DOWNLOAD_TIMEOUT_SECONDS", 60.0, 1.0, 3600.0),
+        decode_workers=_int(env, "DECODE_WORKERS", _usable_cores(), 1, 64),
+        max_context_chars=_int(env, "MAX_CONTEXT_CHARS", 2000, 0, 100000),
+    )

@@ -1,0 +1,293 @@
+"""Decode any audio or video file that ffmpeg reads into float32 mono 16 kHz samples.
+
+ffmpeg's raw output is read straight into one preallocated numpy buffer: no temporary WAV,
+no second copy of the audio, no resampling in Python. Long files are decoded by several
+ffmpeg processes over time ranges, each writing into its own slice of that buffer.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+BYTES_PER_SAMPLE = 4  # float32
+# Below this, one process is as fast as several (start-up cost dominates).
+PARALLEL_MIN_SECONDS = 120.0
+# Each process needs at least this much audio, so joints stay few.
+PARALLEL_MIN_PIECE_SECONDS = 60.0
+_READ_BLOCK = 1 << 20  # bytes per read from ffmpeg's pipe
+SEEK_LEAD_SECONDS = 2.0
+
+
+class DecodeError(Exception):
+    """Base class: the input could not be turned into samples."""
+
+
+class UnreadableAudio(DecodeError):
+    """ffmpeg cannot read the data as any container or codec it knows."""
+
+
+class NoAudioStream(DecodeError):
+    """The container is readable but holds no audio stream (e.g. a silent video, an image)."""
+
+
+class EmptyAudio(DecodeError):
+    """The audio stream decodes to zero samples."""
+
+
+class AudioTooLong(DecodeError):
+    """The audio is longer than the configured limit."""
+
+    def __init__(self, seconds: float | None, limit: float):
+        self.seconds = seconds
+        self.limit = limit
+        shown = f"{seconds:.0f} s" if seconds is not None else "more than the limit"
+        super().__init__(f"audio is {shown} long; the limit is {limit:.0f} s")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the container says before decoding. duration is None when it does not say."""
+
+    duration: float | None
+    codec: str
+    sample_rate: int | None
+    channels: str
+    container: str
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_binary() -> str:
+    """ffmpeg from PATH, else the static binary that the imageio-ffmpeg wheel ships."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise DecodeError("ffmpeg not found on PATH and imageio-ffmpeg is not installed") from None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+_INPUT_RE = re.compile(r"^Input #0, ([^,]+(?:,[^,]+)*?), from ", re.MULTILINE)
+_DURATION_RE = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.MULTILINE)
+_AUDIO_RE = re.compile(r"^\s*Stream #0:\d+.*?: Audio: ([^,\s]+)[^,]*(?:, (\d+) Hz)?(?:, ([^,]+))?", re.MULTILINE)
+
+
+def parse_probe(stderr: str) -> AudioInfo:
+    """Read container, duration and first audio stream from `ffmpeg -i` output."""
+    container = _INPUT_RE.search(stderr)
+    if container is None:
+        raise UnreadableAudio("the data is not a recognised audio or video format")
+    audio = _AUDIO_RE.search(stderr)
+    if audio is None:
+        raise NoAudioStream("the file has no audio stream")
+    duration = None
+    found = _DURATION_RE.search(stderr)
+    if found:  # "Duration: N/A" does not match: a stream that does not say
+        h, m, s = found.groups()
+        duration = int(h) * 3600 + int(m) * 60 + float(s)
+    return AudioInfo(
+        duration=duration,
+        codec=audio.group(1),
+        sample_rate=int(audio.group(2)) if audio.group(2) else None,
+        channels=(audio.group(3) or "").strip(),
+        container=container.group(1),
+    )
+
+
+def probe(path: Path, timeout_s: float = 60.0) -> AudioInfo:
+    """Headers only: fast even for hours of audio."""
+    try:
+        proc = subprocess.run(
+            [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
+            capture_output=True, timeout=timeout_s, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise UnreadableAudio("reading the file's headers timed out") from None
+    return parse_probe(proc.stderr.decode("utf-8", "replace"))
+
+
+def _ffmpeg_args(path: Path, start: float, length: float | None) -> list[str]:
+    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    if start > 0:
+        # Seek the input to a little before `start`, then let ffmpeg decode and drop the lead-in:
+        # the decoder is warmed up (MP3 bit reservoir) by the joint, so the samples equal a
+        # decode from the beginning. Seeking straight to `start` differs for ~1600 samples.
+        lead = min(start, SEEK_LEAD_SECONDS)
+        args += ["-ss", f"{start - lead:.6f}", "-i", str(path), "-ss", f"{lead:.6f}"]
+    else:
+        args += ["-i", str(path)]
+    if length is not None:
+        args += ["-t", f"{length:.6f}"]
+    args += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE),
+             "-f", "f32le", "pipe:1"]
+    return args
+
+
+def _run_into(args: list[str], buf: np.ndarray, start: int, limit: int | None,
+              timeout_s: float, grow: bool) -> tuple[np.ndarray, int]:
+    """Stream ffmpeg's samples into buf[start:]; returns (buf, samples written).
+
+    With grow=True the buffer is enlarged when full (duration unknown or understated), up to
+    `limit` samples, past which _TooManySamples is raised; with grow=False writing stops at
+    the end of the buffer and the rest of the output is discarded.
+    """
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    timed_out = threading.Event()
+
+    def kill_on_timeout() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout_s, kill_on_timeout)
+    timer.start()
+    stderr_chunks: list[bytes] = []
+    err_reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()),
+                                  daemon=True)
+    err_reader.start()
+    pos = start * BYTES_PER_SAMPLE
+    over_limit = False
+    try:
+        while True:
+            room = buf.nbytes - pos
+            if room <= 0:
+                if not grow:
+                    if not proc.stdout.read(_READ_BLOCK):
+                        break
+                    continue
+                if limit is not None and buf.size >= limit:
+                    over_limit = True
+                    break
+                new_size = max(buf.size * 2, buf.size + _READ_BLOCK // BYTES_PER_SAMPLE)
+                buf = _grow(buf, new_size if limit is None else min(new_size, limit))
+                continue
+            view = memoryview(buf).cast("B")[pos:pos + min(room, _READ_BLOCK)]
+            n = proc.stdout.readinto(view)
+            if not n:
+                break
+            pos += n
+    finally:
+        if over_limit:
+            proc.kill()
+        proc.stdout.close()
+        proc.wait()
+        timer.cancel()
+        err_reader.join(timeout=5)
+    if over_limit:
+        raise _TooManySamples()
+    if timed_out.is_set():
+        raise UnreadableAudio(f"decoding took longer than {timeout_s:.0f} s")
+    written = pos // BYTES_PER_SAMPLE - start
+    if proc.returncode != 0 and written == 0:
+        stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
+        raise UnreadableAudio(_first_line(stderr) or "ffmpeg could not decode the audio")
+    return buf, written
+
+
+class _TooManySamples(Exception):
+    pass
+
+
+def _grow(buf: np.ndarray, size: int) -> np.ndarray:
+    # np.resize would repeat the data; a fresh buffer keeps the tail uninitialised (it is overwritten).
+    bigger = np.empty(size, dtype=np.float32)
+    bigger[: buf.size] = buf
+    return bigger
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return ""
+
+
+def _plan_pieces(total: int, workers: int) -> list[int]:
+    """Sample boundaries of equal pieces, [0, b1, ..., total], each joint on a whole second.
+
+    A whole second is a whole number of samples at every input rate, so every process's
+    resampler starts in the same phase as a single decode would be at that point.
+    """
+    n = max(1, min(workers, int(total / (PARALLEL_MIN_PIECE_SECONDS * SAMPLE_RATE))))
+    inner = [round(k * total / n / SAMPLE_RATE) * SAMPLE_RATE for k in range(1, n)]
+    return [0, *inner, total]
+
+
+def decode(path: Path, *, max_seconds: float, workers: int = 1, info: AudioInfo | None = None,
+           timeout_s: float = 900.0) -> np.ndarray:
+    """Decode to float32 mono 16 kHz. Refuses audio over max_seconds before or while decoding."""
+    info = info if info is not None else probe(path)
+    if info.duration is not None and info.duration > max_seconds:
+        raise AudioTooLong(info.duration, max_seconds)
+    limit = int(max_seconds * SAMPLE_RATE) + 1
+    samples = None
+    if workers > 1 and info.duration is not None and info.duration >= PARALLEL_MIN_SECONDS:
+        samples = _decode_parallel(path, info.duration, workers, limit, timeout_s)
+    if samples is None:
+        samples = _decode_single(path, info.duration, limit, timeout_s, max_seconds)
+    if samples.size == 0:
+        raise EmptyAudio("the audio stream contains no samples")
+    return samples
+
+
+def _decode_single(path: Path, duration: float | None, limit: int, timeout_s: float,
+                   max_seconds: float) -> np.ndarray:
+    expected = int((duration if duration is not None else 60.0) * SAMPLE_RATE) + SAMPLE_RATE
+    buf = np.empty(min(expected, limit), dtype=np.float32)
+    # -t stops ffmpeg itself just past the limit when the container understates the length.
+    args = _ffmpeg_args(path, 0.0, max_seconds + 1.0)
+    try:
+        buf, n = _run_into(args, buf, 0, limit, timeout_s, grow=True)
+    except _TooManySamples:
+        raise AudioTooLong(None, max_seconds) from None
+    if n >= limit:
+        raise AudioTooLong(n / SAMPLE_RATE, max_seconds)
+    return buf[:n]
+
+
+def _decode_parallel(path: Path, duration: float, workers: int, limit: int,
+                     timeout_s: float) -> np.ndarray | None:
+    """Decode equal time ranges concurrently into one buffer; None if the pieces do not tile."""
+    total = int(round(duration * SAMPLE_RATE))
+    bounds = _plan_pieces(total, workers)
+    if len(bounds) <= 2:
+        return None
+    # The last piece reads to the end of the stream, whose true length may differ from the header.
+    slack = SAMPLE_RATE * 5
+    buf = np.empty(min(total + slack, limit), dtype=np.float32)
+
+    def run_piece(k: int) -> int:
+        start, end = bounds[k], bounds[k + 1]
+        last = k == len(bounds) - 2
+        length = None if last else (end - start) / SAMPLE_RATE
+        slot = buf[: (buf.size if last else end)]
+        _, n = _run_into(_ffmpeg_args(path, start / SAMPLE_RATE, length), slot, start,
+                         None, timeout_s, grow=False)
+        return n
+
+    with ThreadPoolExecutor(max_workers=len(bounds) - 1) as pool:
+        lengths = list(pool.map(run_piece, range(len(bounds) - 1)))
+    for k, n in enumerate(lengths[:-1]):
+        expected = bounds[k + 1] - bounds[k]
+        if n < expected - 1:
+            return None  # seeking landed short: fall back to one process
+        if n == expected - 1:
+            # One sample short at a joint: repeat the last one rather than leave garbage.
+            buf[bounds[k + 1] - 1] = buf[bounds[k + 1] - 2]
+    end = bounds[-2] + lengths[-1]
+    if end >= buf.size and buf.size < limit:
+        return None  # the header understated the length: let the growing decoder handle it
+    if end >= limit:
+        raise AudioTooLong(end / SAMPLE_RATE, limit / SAMPLE_RATE)
+    return buf[:end]

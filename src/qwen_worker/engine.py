@@ -1,0 +1,186 @@
+"""The GPU edge: Qwen3-ASR and Qwen3-ForcedAligner through the qwen-asr package.
+
+One small interface (`Engine`), one implementation over `Qwen3ASRModel`, whose backend is
+either vLLM (GPU image) or transformers (CPU, development, tests). Everything here speaks in
+chunk time; `merge` turns it into file time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from .config import Settings
+from .decode import SAMPLE_RATE
+from .languages import ALIGNER_LANGUAGES
+
+log = logging.getLogger(__name__)
+
+# qwen-asr pads shorter inputs to this length itself; we must too, since we call below transcribe().
+MIN_INPUT_SAMPLES = SAMPLE_RATE // 2
+
+
+@dataclass(frozen=True)
+class AsrOutput:
+    """One chunk's transcription. language is "" for silence or an unrecognised label."""
+
+    language: str
+    text: str
+    output_tokens: int
+    hit_token_limit: bool
+    repetition_loop: bool
+
+
+@dataclass(frozen=True)
+class AlignedToken:
+    """One aligner unit (a word, or one CJK character) in chunk time, punctuation stripped."""
+
+    text: str
+    start: float
+    end: float
+
+
+class EngineError(RuntimeError):
+    """The model failed on a file: no partial transcript is returned."""
+
+
+class Engine(Protocol):
+    backend: str
+    asr_model: str
+    aligner_model: str
+    aligner_languages: frozenset[str]
+
+    def transcribe(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
+                   context: str) -> list[AsrOutput]: ...
+
+    def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
+              languages: Sequence[str]) -> list[list[AlignedToken]]: ...
+
+
+def _padded(samples: np.ndarray) -> np.ndarray:
+    if samples.shape[0] >= MIN_INPUT_SAMPLES:
+        return samples
+    return np.pad(samples, (0, MIN_INPUT_SAMPLES - samples.shape[0]))
+
+
+class QwenEngine:
+    """Wraps a loaded `qwen_asr.Qwen3ASRModel` that carries its forced aligner."""
+
+    def __init__(self, model: Any, *, backend: str, asr_model: str, aligner_model: str,
+                 max_new_tokens: int, aligner_batch_size: int):
+        from qwen_asr.inference.utils import detect_and_fix_repetitions, parse_asr_output
+
+        self._model = model
+        self._parse = parse_asr_output
+        self._fix_repetitions = detect_and_fix_repetitions
+        self._tokenizer = model.processor.tokenizer
+        self.backend = backend
+        self.asr_model = asr_model
+        self.aligner_model = aligner_model
+        self.max_new_tokens = max_new_tokens
+        self.aligner_batch_size = aligner_batch_size
+        declared = model.forced_aligner.get_supported_languages()
+        # The aligner config lists lower-case names; an aligner that declares none gets the known 11.
+        self.aligner_languages = (
+            frozenset(n for n in ALIGNER_LANGUAGES if n.lower() in set(declared))
+            if declared else ALIGNER_LANGUAGES
+        )
+
+    def transcribe(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
+                   context: str) -> list[AsrOutput]:
+        """All chunks in one batched generate call (the backend slices it if configured)."""
+        # Below `transcribe()` on purpose: it re-splits long inputs, glues chunk texts together
+        # and hides the raw output that tells a truncated or looping chunk apart.
+        raw = self._model._infer_asr(
+            [context] * len(chunks), [_padded(c) for c in chunks], list(languages)
+        )
+        if len(raw) != len(chunks):
+            raise EngineError(f"the ASR model returned {len(raw)} outputs for {len(chunks)} chunks")
+        return [self._read_output(text, forced) for text, forced in zip(raw, languages)]
+
+    def _read_output(self, raw: str, forced: str | None) -> AsrOutput:
+        raw = raw or ""
+        # Re-tokenising the decoded text gives the output length within a token or two.
+        tokens = len(self._tokenizer(raw, add_special_tokens=False)["input_ids"])
+        language, text = self._parse(raw, user_language=forced)
+        return AsrOutput(
+            language=language,
+            text=text,
+            output_tokens=tokens,
+            hit_token_limit=tokens >= int(self.max_new_tokens * 0.98),
+            repetition_loop=self._fix_repetitions(raw.strip()) != raw.strip(),
+        )
+
+    def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
+              languages: Sequence[str]) -> list[list[AlignedToken]]:
+        """Bounded batches: aligner memory grows with every chunk in a batch."""
+        aligner = self._model.forced_aligner
+        out: list[list[AlignedToken]] = []
+        step = self.aligner_batch_size
+        for i in range(0, len(chunks), step):
+            results = aligner.align(
+                audio=[(_padded(c), SAMPLE_RATE) for c in chunks[i:i + step]],
+                text=list(texts[i:i + step]),
+                language=list(languages[i:i + step]),
+            )
+            for result in results:
+                out.append([AlignedToken(it.text, float(it.start_time), float(it.end_time))
+                            for it in result.items])
+        if len(out) != len(chunks):
+            raise EngineError(f"the aligner returned {len(out)} results for {len(chunks)} chunks")
+        return out
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def vllm_kwargs(settings: Settings) -> dict[str, Any]:
+    """Arguments for `vllm.LLM`, sized for chunks of up to 300 s (3900 audio tokens)."""
+    return {
+        "gpu_memory_utilization": settings.vllm_gpu_memory_utilization,
+        "max_model_len": settings.vllm_max_model_len,
+        "max_num_batched_tokens": settings.vllm_max_num_batched_tokens,
+        "max_num_seqs": settings.vllm_max_num_seqs,
+        "enforce_eager": settings.vllm_enforce_eager,
+        "limit_mm_per_prompt": {"audio": 1},
+        "dtype": settings.dtype,
+    }
+
+
+def load_engine(settings: Settings) -> QwenEngine:
+    """Load both models once per worker process. vLLM spawns workers: call only from __main__."""
+    from qwen_asr import Qwen3ASRModel
+
+    device_map = "cuda:0" if settings.device == "cuda" else "cpu"
+    aligner_kwargs = {"dtype": _torch_dtype(settings.dtype), "device_map": device_map}
+    if settings.backend == "vllm":
+        model = Qwen3ASRModel.LLM(
+            model=settings.asr_model,
+            forced_aligner=settings.aligner_model,
+            forced_aligner_kwargs=aligner_kwargs,
+            max_inference_batch_size=-1,  # vLLM schedules the whole batch itself
+            max_new_tokens=settings.max_new_tokens,
+            **vllm_kwargs(settings),
+        )
+    else:
+        model = Qwen3ASRModel.from_pretrained(
+            settings.asr_model,
+            forced_aligner=settings.aligner_model,
+            forced_aligner_kwargs=aligner_kwargs,
+            max_inference_batch_size=settings.asr_batch_size,
+            max_new_tokens=settings.max_new_tokens,
+            dtype=_torch_dtype(settings.dtype),
+            device_map=device_map,
+        )
+    log.info("loaded %s (%s backend) with aligner %s", settings.asr_model, settings.backend,
+             settings.aligner_model)
+    return QwenEngine(model, backend=settings.backend, asr_model=settings.asr_model,
+                      aligner_model=settings.aligner_model,
+                      max_new_tokens=settings.max_new_tokens,
+                      aligner_batch_size=settings.aligner_batch_size)
