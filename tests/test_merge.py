@@ -1,0 +1,107 @@
+"""Merging chunk results: offsets, seams, punctuation on words, segments."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qwen_worker.chunking import Chunk
+from qwen_worker.engine import AlignedToken, AsrOutput
+from qwen_worker.merge import build_segments, merge_chunks, punctuate
+
+
+def _out(text: str, language: str = "English") -> AsrOutput:
+    return AsrOutput(language, text, output_tokens=10, hit_token_limit=False, repetition_loop=False)
+
+
+def _chunks(*seconds: float) -> list[Chunk]:
+    out, start = [], 0
+    audio = np.zeros(int(sum(seconds) * 16000), np.float32)
+    for i, s in enumerate(seconds):
+        end = start + int(s * 16000)
+        out.append(Chunk(i, start, end, audio[start:end]))
+        start = end
+    return out
+
+
+def _tokens(words: list[str], step: float = 0.5) -> list[AlignedToken]:
+    return [AlignedToken(w, i * step, i * step + 0.4) for i, w in enumerate(words)]
+
+
+def test_punctuation_and_casing_go_back_onto_aligned_words():
+    text = '"Hello," she said — "it\'s 3.5 well-known things!" OK.'
+    tokens = _tokens(["Hello", "she", "said", "it's", "35", "wellknown", "things", "OK"])
+    words = punctuate(text, tokens)
+    assert [w.word for w in words] == ['"Hello,"', "she", "said —", '"it\'s', "3.5",
+                                       "well-known", 'things!"', "OK."]
+    assert [w.start for w in words] == [t.start for t in tokens]
+
+
+def test_chinese_characters_keep_their_punctuation():
+    text = "你好，世界。“这是”测试。"
+    words = punctuate(text, _tokens(list("你好世界这是测试")))
+    assert [w.word for w in words] == ["你", "好，", "世", "界。", "“这", "是”", "测", "试。"]
+    assert not any(w.space_before for w in words)
+
+
+def test_tokens_that_do_not_spell_the_text_are_reported():
+    assert punctuate("Hello world", _tokens(["Hello", "there"])) is None
+
+
+def test_offsets_shift_words_into_file_time_and_seams_get_a_space():
+    chunks = _chunks(270.0, 265.5, 64.5)
+    outs = [_out("Hello world."), _out("Second part."), _out("The end.")]
+    aligned = [_tokens(["Hello", "world"]), _tokens(["Second", "part"]), _tokens(["The", "end"])]
+    t = merge_chunks(chunks, outs, aligned, 600.0, [])
+    assert t.text == "Hello world. Second part. The end."
+    starts = [w.start for w in t.words]
+    assert starts == [0.0, 0.5, 270.0, 270.5, 535.5, 536.0]
+    assert [c.start for c in t.chunks] == [0.0, 270.0, 535.5]
+    assert [s.text for s in t.segments] == ["Hello world.", "Second part.", "The end."]
+    assert t.duration == 600.0
+
+
+def test_chinese_seams_join_without_a_space():
+    chunks = _chunks(100.0, 100.0)
+    outs = [_out("你好。", "Chinese"), _out("再见。", "Chinese")]
+    t = merge_chunks(chunks, outs, [_tokens(["你", "好"]), _tokens(["再", "见"])], 200.0, [])
+    assert t.text == "你好。再见。"
+    assert t.segments[0].text == "你好。" and t.segments[1].text == "再见。"
+
+
+def test_times_are_clamped_monotonic_and_inside_the_chunk():
+    chunks = _chunks(10.0, 10.0)
+    wild = [AlignedToken("a", 3.0, 2.0), AlignedToken("b", 1.0, 50.0), AlignedToken("c", -1, 4.0)]
+    t = merge_chunks(chunks, [_out("a b c"), _out("a b c")], [wild, wild], 20.0, [])
+    times = [x for w in t.words for x in (w.start, w.end)]
+    assert all(0 <= x <= 20.0 for x in times)
+    starts = [w.start for w in t.words]
+    assert starts == sorted(starts)
+    assert all(w.end >= w.start for w in t.words)
+    assert max(w.end for w in t.words[:3]) <= 10.0
+
+
+def test_language_is_the_longest_spoken_and_languages_keep_first_appearance():
+    chunks = _chunks(50.0, 200.0, 50.0)
+    outs = [_out("Hi.", "English"), _out("你好。", "Chinese"), _out("Bye.", "English")]
+    t = merge_chunks(chunks, outs, [None, None, None], 300.0, [])
+    assert t.language == "Chinese"
+    assert t.languages == ["English", "Chinese"]
+    assert t.text == "Hi. 你好。 Bye."
+    assert t.words == [] and [s.start for s in t.segments] == [0.0, 50.0, 250.0]
+
+
+def test_silent_chunk_adds_nothing():
+    chunks = _chunks(30.0, 30.0)
+    t = merge_chunks(chunks, [_out(""), _out("Only this.")], [None, _tokens(["Only", "this"])],
+                     60.0, [])
+    assert t.text == "Only this." and t.words[0].start == 30.0
+
+
+def test_segments_cut_at_pauses_and_length():
+    from qwen_worker.merge import Word
+    words = [Word("one", 0, 0.4), Word("two", 0.5, 0.9), Word("three", 3.0, 3.4)]
+    assert [s.text for s in build_segments(words)] == ["one two", "three"]
+    many = [Word(f"word{i}", i * 0.3, i * 0.3 + 0.2) for i in range(60)]
+    segs = build_segments(many)
+    assert all(len(s.text) <= 84 and s.end - s.start <= 7.0 for s in segs)
+    assert " ".join(s.text for s in segs) == " ".join(w.word for w in many)
