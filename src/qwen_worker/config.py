@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -42,6 +43,8 @@ class Settings:
     download_timeout_s: float
     decode_workers: int
     max_context_chars: int
+    work_dir: str  # each job gets a temporary directory under it, removed after the job
+    download_allow_loopback: bool  # local testing only: see download.allow_loopback_for_local_testing
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -146,4 +149,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         download_timeout_s=_float(env, "DOWNLOAD_TIMEOUT_SECONDS", 60.0, 1.0, 3600.0),
         decode_workers=_int(env, "DECODE_WORKERS", _usable_cores(), 1, 64),
         max_context_chars=_int(env, "MAX_CONTEXT_CHARS", 2000, 0, 100000),
+        work_dir=env.get("WORK_DIR", "").strip() or tempfile.gettempdir(),
+        download_allow_loopback=_bool(env, "DOWNLOAD_ALLOW_LOOPBACK", False),
     )

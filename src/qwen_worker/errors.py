@@ -1,0 +1,55 @@
+"""The closed set of error codes a job can fail with, and the one exception that carries them."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(str, Enum):
+    INVALID_INPUT = "INVALID_INPUT"
+    URL_NOT_ALLOWED = "URL_NOT_ALLOWED"
+    DOWNLOAD_FAILED = "DOWNLOAD_FAILED"
+    AUDIO_TOO_LARGE = "AUDIO_TOO_LARGE"
+    AUDIO_TOO_LONG = "AUDIO_TOO_LONG"
+    AUDIO_UNREADABLE = "AUDIO_UNREADABLE"
+    UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"
+    ENGINE_ERROR = "ENGINE_ERROR"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+# One line each, for README and for clients.
+DESCRIPTIONS: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_INPUT: "The input is malformed: unknown keys, wrong types, values out of range, "
+                             "not exactly one audio source, or base64 that does not decode.",
+    ErrorCode.URL_NOT_ALLOWED: "audio_url is not http(s), or points at a private, loopback, "
+                               "link-local or metadata address (also after a redirect).",
+    ErrorCode.DOWNLOAD_FAILED: "The audio could not be fetched: HTTP error, timeout, stalled or cut "
+                               "body, too many redirects, unresolvable host (after retries).",
+    ErrorCode.AUDIO_TOO_LARGE: "The download or base64 audio is over MAX_DOWNLOAD_BYTES / "
+                               "MAX_BASE64_BYTES.",
+    ErrorCode.AUDIO_TOO_LONG: "The audio is longer than MAX_AUDIO_SECONDS.",
+    ErrorCode.AUDIO_UNREADABLE: "The data is not audio ffmpeg can decode (HTML, JSON, random bytes, "
+                                "an image), has no audio stream, or holds no samples.",
+    ErrorCode.UNSUPPORTED_LANGUAGE: "language is not 'auto', one of the 30 Qwen3-ASR languages, "
+                                    "or one of their ISO 639-1/639-3 codes.",
+    ErrorCode.ENGINE_ERROR: "The model failed on this file; no partial transcript is returned. "
+                            "On a fatal GPU error the worker is also replaced (refresh_worker).",
+    ErrorCode.INTERNAL_ERROR: "An unexpected fault in the worker; details are in the worker log.",
+}
+
+
+class WorkerError(Exception):
+    """A failure to report to the caller: a stable code and one sentence for a person."""
+
+    def __init__(self, code: ErrorCode, message: str, *, refresh_worker: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.refresh_worker = refresh_worker
+
+    def to_output(self) -> dict:
+        # The code leads the string: runpod's /runsync keeps only "error" of a failed job.
+        out = {"error": f"{self.code.value}: {self.message}", "error_code": self.code.value}
+        if self.refresh_worker:
+            out["refresh_worker"] = True
+        return out

@@ -1,0 +1,102 @@
+"""The job input contract: a declarative schema (runpod's validator) and the typed request."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from runpod.serverless.utils.rp_validator import validate
+
+from .chunking import DEFAULT_CHUNK_SECONDS, MAX_CHUNK_SECONDS, MIN_CHUNK_SECONDS
+from .errors import ErrorCode, WorkerError
+from .languages import UnsupportedLanguage, normalize_language
+from .pipeline import Options
+
+FORMATS = ("srt", "vtt")
+MAX_URL_CHARS = 8192
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _schema(max_context_chars: int) -> dict[str, dict[str, Any]]:
+    # rp_validator skips constraints when a value has the default's type, so every constrained
+    # key defaults to None and the real default is filled in by `parse_request`.
+    return {
+        "audio_url": {"type": str, "required": False, "default": None,
+                      "constraints": lambda v: v is None or (isinstance(v, str)
+                                                             and 0 < len(v) <= MAX_URL_CHARS)},
+        "audio_base64": {"type": str, "required": False, "default": None,
+                         "constraints": lambda v: v is None or (isinstance(v, str) and len(v) > 0)},
+        "language": {"type": str, "required": False, "default": None},
+        "context": {"type": str, "required": False, "default": None,
+                    "constraints": lambda v: v is None or (isinstance(v, str)
+                                                           and len(v) <= max_context_chars)},
+        "word_timestamps": {"type": bool, "required": False, "default": True},
+        "formats": {"type": list, "required": False, "default": None,
+                    "constraints": lambda v: v is None or (isinstance(v, list)
+                                                           and all(f in FORMATS for f in v))},
+        "chunk_seconds": {"type": (int, float), "required": False, "default": None,
+                          "constraints": lambda v: v is None or (
+                              _number(v) and MIN_CHUNK_SECONDS <= v <= MAX_CHUNK_SECONDS)},
+    }
+
+
+HINTS = {
+    "context": "context must be a string of at most {max_context_chars} characters",
+    "formats": f"formats must be a list drawn from {list(FORMATS)}",
+    "chunk_seconds": f"chunk_seconds must be a number from {MIN_CHUNK_SECONDS:.0f} "
+                     f"to {MAX_CHUNK_SECONDS:.0f}",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    audio_url: str | None
+    audio_base64: str | None
+    options: Options
+    formats: tuple[str, ...]
+
+
+def parse_request(job_input: Any, max_context_chars: int) -> Request:
+    if not isinstance(job_input, dict):
+        raise WorkerError(ErrorCode.INVALID_INPUT, "input must be a JSON object")
+    result = validate(job_input, copy.deepcopy(_schema(max_context_chars)))
+    if "errors" in result:
+        raise WorkerError(ErrorCode.INVALID_INPUT, _explain(result["errors"], max_context_chars))
+    v = result["validated_input"]
+    if (v["audio_url"] is None) == (v["audio_base64"] is None):
+        raise WorkerError(ErrorCode.INVALID_INPUT,
+                          "give exactly one of audio_url and audio_base64")
+    try:
+        language = normalize_language(v["language"])
+    except UnsupportedLanguage as exc:
+        raise WorkerError(ErrorCode.UNSUPPORTED_LANGUAGE, str(exc)) from None
+    options = Options(
+        language=language,
+        context=v["context"] or "",
+        word_timestamps=v["word_timestamps"],
+        chunk_seconds=float(v["chunk_seconds"] or DEFAULT_CHUNK_SECONDS),
+        max_context_chars=max_context_chars,
+    )
+    return Request(v["audio_url"], v["audio_base64"], options,
+                   tuple(dict.fromkeys(v["formats"] or ())))
+
+
+def _explain(errors: list[str], max_context_chars: int) -> str:
+    """Turn the validator's messages into one sentence that names every offending key."""
+    parts = []
+    for err in errors:
+        key = err.split(" ", 1)[0]
+        if err.endswith("does not meet the constraints.") and key in HINTS:
+            parts.append(HINTS[key].format(max_context_chars=max_context_chars))
+        elif err.startswith("Unexpected input."):
+            parts.append(f"unknown key {err.split('. ', 1)[1].split(' is ', 1)[0]!r}")
+        else:
+            # "<key> should be <class 'bool'> type, not <class 'str'>." -> "... should be bool, not str"
+            parts.append(re.sub(r"<class '([^']+)'> type", r"\1", err)
+                         .replace("<class '", "").replace("'>", "").rstrip("."))
+    return "; ".join(parts)

@@ -1,0 +1,106 @@
+"""One job: validate -> fetch -> probe -> transcribe -> format, with every failure mapped to a code."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .decode import AudioTooLong, DecodeError, EmptyAudio, NoAudioStream, probe
+from .download import DownloadPolicy, decode_base64, fetch_url
+from .engine import Engine, EngineError
+from .errors import ErrorCode, WorkerError
+from .formats import WRITERS
+from .pipeline import Timings, transcribe_file
+from .request import parse_request
+
+log = logging.getLogger(__name__)
+
+# Exception names and messages after which the GPU or the engine cannot be trusted again.
+_FATAL_NAMES = ("EngineDeadError", "OutOfMemoryError", "AcceleratorError")
+_FATAL_TEXT = ("CUDA error", "CUDA out of memory", "cuDNN error", "CUBLAS_STATUS",
+               "device-side assert", "NCCL error")
+
+
+def is_fatal_gpu_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ in _FATAL_NAMES or any(t in str(seen) for t in _FATAL_TEXT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Worker:
+    """Holds the loaded engine; `handle` serves one job and never raises."""
+
+    def __init__(self, settings: Settings, engine: Engine):
+        self.settings = settings
+        self.engine = engine
+        self.policy = DownloadPolicy(max_bytes=settings.max_download_bytes,
+                                     total_seconds=settings.download_timeout_s)
+        Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
+
+    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.settings.work_dir))
+        try:
+            return self._run(job.get("input"), job_dir, started)
+        except WorkerError as err:
+            log.info("job %s failed: %s", job.get("id"), err.code.value)
+            return err.to_output()
+        except Exception as exc:  # a bug must not take the worker down or leak paths
+            log.exception("job %s failed unexpectedly", job.get("id"))
+            fatal = is_fatal_gpu_error(exc)
+            code = ErrorCode.ENGINE_ERROR if fatal else ErrorCode.INTERNAL_ERROR
+            return WorkerError(code, "the worker hit an unexpected error; see the worker log",
+                               refresh_worker=fatal).to_output()
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _run(self, job_input: Any, job_dir: Path, started: float) -> dict[str, Any]:
+        s = self.settings
+        request = parse_request(job_input, s.max_context_chars)
+        timings = Timings()
+
+        t0 = time.perf_counter()
+        if request.audio_url is not None:
+            path = fetch_url(request.audio_url, job_dir, self.policy)
+        else:
+            path = decode_base64(request.audio_base64, job_dir, s.max_base64_bytes)
+        download_s = time.perf_counter() - t0
+
+        try:
+            info = probe(path)
+            transcript = transcribe_file(path, request.options, self.engine,
+                                         max_audio_seconds=s.max_audio_seconds,
+                                         decode_workers=s.decode_workers, info=info,
+                                         timings=timings)
+        except AudioTooLong as exc:
+            raise WorkerError(ErrorCode.AUDIO_TOO_LONG, str(exc)) from None
+        except (NoAudioStream, EmptyAudio) as exc:
+            raise WorkerError(ErrorCode.AUDIO_UNREADABLE, str(exc)) from None
+        except DecodeError as exc:
+            raise WorkerError(ErrorCode.AUDIO_UNREADABLE,
+                              "the data is not audio that ffmpeg can decode") from exc
+        except EngineError as exc:
+            log.error("engine failure: %s", exc, exc_info=exc.__cause__)
+            raise WorkerError(ErrorCode.ENGINE_ERROR,
+                              "the model failed on this audio; no partial transcript is returned",
+                              refresh_worker=is_fatal_gpu_error(exc)) from None
+
+        total = time.perf_counter() - started
+        output = transcript.to_dict()
+        output["model"] = {"asr": self.engine.asr_model, "aligner": self.engine.aligner_model,
+                           "backend": self.engine.backend}
+        output["timings"] = {"download": round(download_s, 3), "decode": round(timings.decode, 3),
+                             "asr": round(timings.asr, 3), "align": round(timings.align, 3),
+                             "total": round(total, 3)}
+        output["rtf"] = round(total / transcript.duration, 4) if transcript.duration else None
+        for fmt in request.formats:
+            output[fmt] = WRITERS[fmt](transcript)
+        return output
