@@ -32,9 +32,10 @@ _BLOCK = 1 << 20
 @dataclass(frozen=True)
 class DownloadPolicy:
     max_bytes: int
-    total_seconds: float = 60.0  # a stalled or dribbling download gives up within this
+    total_seconds: float = 1800.0  # the whole download, retries included (slow big podcasts)
     connect_seconds: float = 10.0
-    read_seconds: float = 15.0  # longest silence between two reads of the body
+    # Longest silence between two reads: 3 stalled attempts give up in under 50 s in all.
+    read_seconds: float = 15.0
     max_redirects: int = 5
     attempts: int = 3
     backoff_seconds: float = 0.5

@@ -1,0 +1,146 @@
+"""The network edge against a loopback server: retries, caps, redirects and the SSRF guard.
+
+Only loopback is ever connected to; private and metadata addresses are checked by address
+classification, or refused by the guard before any connection (netguard enforces this too).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+from runpod.serverless.utils import rp_ssrf
+
+from qwen_worker.download import (DownloadPolicy, allow_loopback_for_local_testing,
+                                  decode_base64, fetch_url)
+from qwen_worker.errors import ErrorCode, WorkerError
+
+BODY = b"ID3" + bytes(range(256)) * 40
+FAST = DownloadPolicy(max_bytes=1 << 20, read_seconds=1.0, backoff_seconds=0.05)
+
+
+@pytest.fixture
+def loopback_allowed(monkeypatch):
+    monkeypatch.setattr(rp_ssrf, "is_safe_address", rp_ssrf.is_safe_address)
+    allow_loopback_for_local_testing()
+
+
+def _code(call) -> ErrorCode:
+    with pytest.raises(WorkerError) as err:
+        call()
+    return err.value.code
+
+
+@pytest.mark.parametrize("ip", ["169.254.169.254", "10.0.0.1", "172.16.5.4", "192.168.1.10",
+                                "100.64.0.1", "0.0.0.0", "fd00::1", "fe80::1", "::ffff:10.0.0.1",
+                                "::ffff:169.254.169.254", "127.0.0.1", "::1"])
+def test_private_metadata_and_loopback_addresses_are_not_public(ip):
+    assert rp_ssrf.is_safe_address(ip) is False
+
+
+def test_loopback_allowance_opens_loopback_only(loopback_allowed):
+    assert rp_ssrf.is_safe_address("127.0.0.1") and rp_ssrf.is_safe_address("::1")
+    for ip in ("169.254.169.254", "10.0.0.1", "192.168.1.10", "fd00::1", "100.64.0.1"):
+        assert rp_ssrf.is_safe_address(ip) is False
+
+
+def test_guard_on_refuses_loopback_url(audio_host, tmp_path):
+    url = audio_host.file("/a.mp3", BODY)
+    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.URL_NOT_ALLOWED
+    assert audio_host.hits == {}  # refused before connecting
+
+
+def test_guard_on_refuses_ipv6_loopback(tmp_path):
+    url = "http://[::1]:9/a.mp3"
+    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.URL_NOT_ALLOWED
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/a.mp3",
+                                 "gopher://127.0.0.1:70/_x", "data:audio/mpeg;base64,SUQz",
+                                 "/local/path.mp3"])
+def test_other_schemes_are_refused(url, tmp_path, loopback_allowed):
+    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.URL_NOT_ALLOWED
+
+
+def test_download_lands_under_a_neutral_name(audio_host, tmp_path, loopback_allowed):
+    path = fetch_url(audio_host.file("/talk.mp3", BODY) + "?sig=abc", tmp_path, FAST)
+    assert path.name == "input" and path.read_bytes() == BODY
+
+
+def test_404_fails_without_retry(audio_host, tmp_path, loopback_allowed):
+    url = audio_host.status("/gone", 404)
+    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.DOWNLOAD_FAILED
+    assert audio_host.hits["/gone"] == 1
+
+
+def test_500_every_time_fails_after_retries(audio_host, tmp_path, loopback_allowed):
+    url = audio_host.status("/broken", 500)
+    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.DOWNLOAD_FAILED
+    assert audio_host.hits["/broken"] == FAST.attempts
+
+
+def test_500_then_success_is_retried(audio_host, tmp_path, loopback_allowed):
+    url = audio_host.fail_then_serve("/flaky", 1, BODY)
+    assert fetch_url(url, tmp_path, FAST).read_bytes() == BODY
+    assert audio_host.hits["/flaky"] == 2
+
+
+def test_stalled_body_gives_up(audio_host, tmp_path, loopback_allowed):
+    url = audio_host.stall("/stall", BODY, after=1000, seconds=5)
+    t0 = time.monotonic()
+    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.DOWNLOAD_FAILED
+    assert time.monotonic() - t0 < FAST.attempts * (FAST.read_seconds + 1) + 1
+
+
+def test_default_policy_gives_up_on_a_stall_within_60_seconds():
+    policy = DownloadPolicy(max_bytes=1)
+    backoffs = sum(policy.backoff_seconds * 2 ** i for i in range(policy.attempts - 1))
+    assert policy.attempts * policy.read_seconds + backoffs < 60
+
+
+def test_body_without_length_past_the_cap_is_cut(audio_host, tmp_path, loopback_allowed):
+    url = audio_host.endless("/endless", b"\0" * 65536, max_seconds=10)
+    policy = DownloadPolicy(max_bytes=1 << 20, read_seconds=2.0)
+    assert _code(lambda: fetch_url(url, tmp_path, policy)) is ErrorCode.AUDIO_TOO_LARGE
+
+
+def test_declared_length_over_the_cap_is_refused_before_reading(audio_host, tmp_path,
+                                                                 loopback_allowed):
+    url = audio_host.declared("/huge", 50 * (1 << 30))
+    t0 = time.monotonic()
+    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.AUDIO_TOO_LARGE
+    assert time.monotonic() - t0 < 2  # the server holds the body back for 5 s
+
+
+def test_too_many_redirects(audio_host, tmp_path, loopback_allowed):
+    for i in range(10):
+        audio_host.redirect(f"/r{i}", f"/r{i + 1}")
+    audio_host.file("/r10", BODY)
+    assert _code(lambda: fetch_url(audio_host.url("/r0"), tmp_path, FAST)) is ErrorCode.DOWNLOAD_FAILED
+    assert fetch_url(audio_host.url("/r6"), tmp_path, FAST).read_bytes() == BODY  # 4 hops is fine
+
+
+@pytest.mark.parametrize("target", ["http://10.0.0.1/a.mp3", "http://169.254.169.254/latest/meta-data/",
+                                    "http://[fd00::1]/a.mp3", "file:///etc/passwd"])
+def test_redirect_to_private_or_metadata_is_refused(audio_host, tmp_path, loopback_allowed, target):
+    url = audio_host.redirect("/jump", target)
+    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.URL_NOT_ALLOWED
+
+
+@pytest.mark.parametrize("ctype", ["text/html; charset=utf-8", "application/json"])
+def test_html_or_json_is_not_audio(audio_host, tmp_path, loopback_allowed, ctype):
+    url = audio_host.file("/page", b"<!doctype html><html></html>", content_type=ctype)
+    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.AUDIO_UNREADABLE
+
+
+def test_base64_plain_and_data_url(tmp_path):
+    b64 = base64.b64encode(BODY).decode()
+    assert decode_base64(b64, tmp_path, 1 << 20).read_bytes() == BODY
+    assert decode_base64(f"data:audio/mpeg;base64,{b64}", tmp_path, 1 << 20).read_bytes() == BODY
+
+
+def test_base64_errors(tmp_path):
+    assert _code(lambda: decode_base64("not base64!!", tmp_path, 1 << 20)) is ErrorCode.INVALID_INPUT
+    big = base64.b64encode(b"\0" * 5000).decode()
+    assert _code(lambda: decode_base64(big, tmp_path, 4000)) is ErrorCode.AUDIO_TOO_LARGE
