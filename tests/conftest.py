@@ -20,3 +20,10 @@ def audio_host():
     host = AudioHost()
     yield host
     host.close()
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    from models import build_all
+
+    return build_all(tmp_path_factory.mktemp("models"))
