@@ -27,19 +27,30 @@ def ffmpeg(*args: str) -> None:
                    check=True)
 
 
-def tone_with_gaps(seconds: float, gaps: list[float], rate: int = 44100) -> str:
-    """lavfi source: a 440 Hz tone with light noise, silent for 1 s starting at each gap time."""
-    silent = "*".join(f"(1-between(t,{g},{g + 1}))" for g in gaps) or "1"
-    expr = f"0.3*sin(2*PI*440*t)*{silent}"
-    return f"aevalsrc='{expr}':s={rate}:d={seconds}"
+def tone_with_gaps(seconds: float, gaps: list[float], rate: int = 44100) -> np.ndarray:
+    """A 440 Hz tone (amplitude 0.3) over light noise, digitally silent for 1 s at each gap."""
+    t = np.arange(int(seconds * rate), dtype=np.float64) / rate
+    audio = 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    audio += np.random.default_rng(0).normal(0, 0.01, t.size)
+    for g in gaps:
+        audio[int(g * rate):int((g + 1) * rate)] = 0.0
+    return audio.astype(np.float32)
+
+
+def encode(path: Path, audio: np.ndarray, rate: int, fmt: str, channels: int = 1) -> Path:
+    """Encode mono float32 samples with ffmpeg (fed through a pipe) into `fmt`."""
+    subprocess.run(
+        [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+         "-f", "f32le", "-ar", str(rate), "-ac", "1", "-i", "pipe:0",
+         "-ac", str(channels), *FORMATS[fmt], "-f", _muxer(fmt), str(path)],
+        input=audio.tobytes(), check=True)
+    return path
 
 
 def make_audio(path: Path, seconds: float, fmt: str | None = None, gaps: list[float] = (),
                rate: int = 44100, channels: int = 1) -> Path:
     fmt = fmt or path.suffix.lstrip(".")
-    ffmpeg("-f", "lavfi", "-i", tone_with_gaps(seconds, list(gaps), rate),
-           "-ac", str(channels), *FORMATS[fmt], "-f", _muxer(fmt), str(path))
-    return path
+    return encode(path, tone_with_gaps(seconds, list(gaps), rate), rate, fmt, channels)
 
 
 def _muxer(fmt: str) -> str:
@@ -51,7 +62,7 @@ def make_video(path: Path, seconds: float, with_audio: bool = True) -> Path:
     """A tiny mp4/mov: 16x16 colour video, with or without an AAC track."""
     args = ["-f", "lavfi", "-i", f"color=c=blue:s=16x16:d={seconds}:r=5"]
     if with_audio:
-        args += ["-f", "lavfi", "-i", tone_with_gaps(seconds, [])]
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}"]
     args += ["-c:v", "mpeg4", "-shortest"] if with_audio else ["-c:v", "mpeg4"]
     if with_audio:
         args += ["-c:a", "aac", "-b:a", "64k"]

@@ -28,7 +28,7 @@ def test_video_with_audio_track_decodes_its_audio(tmp_path: Path, suffix: str):
     path = media.make_video(tmp_path / f"v.{suffix}", 3.0)
     samples = d.decode(path, max_seconds=60)
     assert abs(samples.size - 48_000) < 0.03 * 16_000
-    assert float(np.abs(samples).max()) > 0.15
+    assert float(np.abs(samples).max()) > 0.05  # lavfi sine: amplitude 1/8
 
 
 def test_video_without_audio_raises_no_audio_stream(tmp_path: Path):

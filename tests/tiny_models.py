@@ -98,6 +98,7 @@ __all__ = [
     "asr_output_pieces",
     "build_aligner_model",
     "build_asr_model",
+    "build_compact_asr_model",
     "build_looping_asr_model",
     "default_timestamp_classes",
     "expected_word_times",
@@ -130,12 +131,11 @@ _ASR_SPECIAL_IDS = {
 _ASR_ADDED_IDS = {ASR_TEXT: 151704, TIMESTAMP: 151705}
 _ASR_VOCAB_SIZE = 151936
 
-_ALIGNER_SPECIAL_IDS = {
+_COMPACT_SPECIAL_IDS = {
     ENDOFTEXT: 256, IM_START: 257, IM_END: 258,
     AUDIO_START: 259, AUDIO_END: 260, AUDIO_PAD: 261,
 }
-_ALIGNER_ADDED_IDS = {ASR_TEXT: 262, TIMESTAMP: 263}
-_ALIGNER_VOCAB_SIZE = 264
+_COMPACT_ADDED_IDS = {ASR_TEXT: 262, TIMESTAMP: 263}
 
 _ASR_HIDDEN = 4  # two circles of a torus
 _ALIGNER_HIDDEN = 8
@@ -312,6 +312,14 @@ def _write_tokenizer_files(path: Path, special_ids: dict[str, int], added_ids: d
         vocab[tok] = i
     if len(set(vocab.values())) != len(vocab):  # pragma: no cover
         raise AssertionError("token id clash")
+    # Fill the gaps below the highest id with inert tokens: `tokenizers` prints a
+    # megabyte-long "vocabulary contains holes" warning whenever a holey vocabulary is
+    # serialised, and transformers serialises the tokenizer on every processor load (a
+    # deepcopy for a log line). Fillers are never produced by encoding (there are no merges).
+    used = set(vocab.values())
+    for i in range(max(used) + 1):
+        if i not in used:
+            vocab[f"<|x{i}|>"] = i
 
     added_tokens = []
     for tok, i in sorted({**special_ids, **added_ids}.items(), key=lambda kv: kv[1]):
@@ -443,14 +451,22 @@ def _torus_points(count: int):
     return torch.tensor(pts, dtype=torch.float32) / math.sqrt(2.0)
 
 
-def _build_chain_model(path: Path, transitions: list[tuple[str, str]], extra_tokens: list[str],
-                       language_note: str) -> Path:
-    """Write an ASR dir whose greedy decoding follows `transitions` (byte-level token ->
-    byte-level token; a token may have one successor only)."""
+def _build_chain_model(path: Path, transitions: list[tuple[str, str]], compact: bool,
+                       note: str) -> Path:
+    """Write an ASR dir whose greedy decoding follows `transitions` (pairs of byte-level
+    tokens / special token strings; a token may have one successor only).
+
+    compact=False: real Qwen ids (<|im_end|> = 151645, vocab 151936) so that emitting
+    <|im_end|> really stops qwen-asr's generate. compact=True: ids 0..~300 (cheap prefill
+    logits), but then no token can be one of the EOS ids hard-coded in generate."""
     import torch
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab = _write_tokenizer_files(path, _ASR_SPECIAL_IDS, _ASR_ADDED_IDS, extra_tokens)
+    special_ids = _COMPACT_SPECIAL_IDS if compact else _ASR_SPECIAL_IDS
+    added_ids = _COMPACT_ADDED_IDS if compact else _ASR_ADDED_IDS
+    extra = [t for pair in transitions for t in pair if t not in special_ids and t not in added_ids]
+    vocab = _write_tokenizer_files(path, special_ids, added_ids, extra)
+    vocab_size = len(vocab) if compact else _ASR_VOCAB_SIZE
 
     successor: dict[int, int] = {}
     for cur, nxt in transitions:
@@ -463,7 +479,7 @@ def _build_chain_model(path: Path, transitions: list[tuple[str, str]], extra_tok
     target_vec = {t: points[i] for i, t in enumerate(targets)}
 
     model = _new_model(dict(
-        thinker_config=_thinker_config(_ASR_HIDDEN, _ASR_VOCAB_SIZE, _ASR_SPECIAL_IDS),
+        thinker_config=_thinker_config(_ASR_HIDDEN, vocab_size, special_ids),
         support_languages=None,
     ))
     thinker = model.thinker
@@ -477,48 +493,67 @@ def _build_chain_model(path: Path, transitions: list[tuple[str, str]], extra_tok
             emb[cur] = target_vec[nxt]
         for t, vec in target_vec.items():
             head[t] = 16.0 * vec
-    model.generation_config.pad_token_id = _ASR_SPECIAL_IDS[ENDOFTEXT]
-    model.generation_config.eos_token_id = [_ASR_SPECIAL_IDS[IM_END], _ASR_SPECIAL_IDS[ENDOFTEXT]]
-    model.generation_config.do_sample = False
+    gen = model.generation_config
+    gen.pad_token_id = special_ids[ENDOFTEXT]
+    gen.eos_token_id = [special_ids[IM_END], special_ids[ENDOFTEXT]]
+    gen.bos_token_id = None
+    gen.do_sample = False
     model.save_pretrained(str(path), safe_serialization=True)
     (path / "README.md").write_text(
-        f"Tiny scripted Qwen3-ASR test model (tests/tiny_models.py): {language_note}\n", "utf-8")
+        f"Tiny scripted Qwen3-ASR test model (tests/tiny_models.py): {note}\n", "utf-8")
     return path
+
+
+def _script_transitions(script: str, language: str, end: list[tuple[str, str]]):
+    pieces = asr_output_pieces(script, language)  # "language", " X", "<asr_text>", script...
+    chain = [_bl("\n"), _bl(pieces[0]), _bl(pieces[1]), ASR_TEXT] + [_bl(p) for p in pieces[3:]]
+    return list(zip(chain[:-1], chain[1:])) + [(chain[-1], IM_END)] + end
 
 
 def build_asr_model(path: str | Path, script: str, language: str = "English") -> Path:
     """Write a Qwen3-ASR model dir whose greedy decoding of ANY audio emits exactly
-    ``language {language}<asr_text>{script}`` and then stops with ``<|im_end|>`` (id 151645).
+    ``language {language}<asr_text>{script}`` and then stops with ``<|im_end|>`` (id 151645,
+    a real EOS: generation ends there).
 
     With a forced language (qwen-asr appends ``language X<asr_text>`` to the prompt) it emits
     ``{script}<|im_end|>``. qwen-asr returns ``text == script.strip()`` either way (barring
     20-fold repetitions, see the module docstring). The pieces each token decodes to are
-    `asr_output_pieces(script, language)`. Raises ValueError for a script that cannot be
-    emitted (only when the whole script equals "language", " {language}" or a newline).
+    `asr_output_pieces(script, language)`. Raises ValueError only if the whole script equals
+    "language", " {language}" or a newline.
+
+    Cost: the real vocabulary size (151936) makes qwen-asr materialise float32 logits of
+    ~7.9 MB per second of audio per batch item at prefill; use `build_compact_asr_model`
+    for long audio.
     """
-    path = Path(path)
-    pieces = asr_output_pieces(script, language)  # prefix (3) + script pieces
-    chain = ["\n", *pieces[:2]] + [ASR_TEXT] + pieces[3:]
-    chain_bl = [t if t == ASR_TEXT else _bl(t) for t in chain] + [IM_END]
-    transitions = list(zip(chain_bl[:-1], chain_bl[1:]))
-    extra = [t for t in chain_bl if not t.startswith("<")]
-    return _build_chain_model(path, transitions, extra,
-                              f"emits 'language {language}<asr_text>{script}'")
+    return _build_chain_model(Path(path), _script_transitions(script, language, []), False,
+                              f"emits 'language {language}<asr_text>{script}' + <|im_end|>")
+
+
+def build_compact_asr_model(path: str | Path, script: str, language: str = "English") -> Path:
+    """Like `build_asr_model` (same text and language out of qwen-asr), but with a ~300-token
+    vocabulary: cheap for long audio (minutes), at the price of never stopping early -- no
+    token can be one of generate's hard-coded EOS ids, so after the script it emits
+    ``<|im_end|>`` (a compact, special id that decoding drops) until max_new_tokens.
+    Needs max_new_tokens >= len(asr_output_pieces(script, language)) (minus 3 when the
+    language is forced) for the full script."""
+    return _build_chain_model(Path(path),
+                              _script_transitions(script, language, [(IM_END, IM_END)]), True,
+                              f"emits 'language {language}<asr_text>{script}', then "
+                              "<|im_end|> (a compact id, not an EOS) until max_new_tokens")
 
 
 def build_looping_asr_model(path: str | Path, word: str = " again",
                             language: str = "English") -> Path:
     """Write a Qwen3-ASR model dir whose greedy decoding emits ``language {language}<asr_text>``
     and then repeats `word` forever (never EOS), so every call runs to max_new_tokens.
-    See `looping_text` for what qwen-asr's transcribe returns (it collapses 20+ repeats)."""
-    path = Path(path)
+    See `looping_text` for what qwen-asr's transcribe returns (it collapses 20+ repeats).
+    Uses the compact vocabulary (it never needs an EOS id)."""
     prefix = _prefix_pieces(language)
-    if word in ("", "\n", prefix[0], prefix[1]):
+    if word in ("", "\n", prefix[0], prefix[1]) or word.startswith("<"):
         raise ValueError(f"word {word!r} clashes with the prompt/prefix tokens")
-    chain_bl = [_bl("\n"), _bl(prefix[0]), _bl(prefix[1]), ASR_TEXT, _bl(word)]
-    transitions = list(zip(chain_bl[:-1], chain_bl[1:])) + [(_bl(word), _bl(word))]
-    extra = [t for t in chain_bl if not t.startswith("<")]
-    return _build_chain_model(path, transitions, extra,
+    chain = [_bl("\n"), _bl(prefix[0]), _bl(prefix[1]), ASR_TEXT, _bl(word)]
+    transitions = list(zip(chain[:-1], chain[1:])) + [(_bl(word), _bl(word))]
+    return _build_chain_model(Path(path), transitions, True,
                               f"emits 'language {language}<asr_text>' then {word!r} forever")
 
 
@@ -534,19 +569,28 @@ def default_timestamp_classes(j: int) -> int:
 def expected_word_times(n_words: int,
                         timestamp_classes: Callable[[int], int] | None = None
                         ) -> list[tuple[float, float]]:
-    """(start_time, end_time) in seconds that `Qwen3ForcedAligner.align` reports for word
-    i = 0 .. n_words-1 of a `build_aligner_model(..., timestamp_classes)` aligner:
-    start = classes(2i) * 0.08, end = classes(2i+1) * 0.08, rounded to 3 decimals like
-    qwen-asr. Valid for non-decreasing `timestamp_classes` (qwen-asr repairs non-monotone
-    sequences with a longest-increasing-subsequence pass) and 2*n_words <=
-    ALIGNER_MAX_TIMESTAMPS."""
+    """(start_time, end_time) in seconds that `Qwen3ForcedAligner.align` reports for words
+    0 .. n_words-1 of a `build_aligner_model(..., timestamp_classes)` aligner:
+    start = class(2i) * 0.08, end = class(2i+1) * 0.08, rounded to 3 decimals like qwen-asr,
+    where class(j) = timestamp_classes(j), except that from the first j whose class falls
+    outside [0, 5000) -- or from j = ALIGNER_MAX_TIMESTAMPS on -- the last valid class repeats
+    (default 3*j: exact up to word 833, i.e. 399.84 s). Valid for non-decreasing
+    `timestamp_classes` (qwen-asr repairs other sequences with a longest-increasing-
+    subsequence pass that this function does not imitate)."""
     f = timestamp_classes or default_timestamp_classes
-    out = []
-    for i in range(n_words):
-        s = round(f(2 * i) * float(TIMESTAMP_SEGMENT_MS) / 1000.0, 3)
-        e = round(f(2 * i + 1) * float(TIMESTAMP_SEGMENT_MS) / 1000.0, 3)
-        out.append((s, e))
-    return out
+    classes: list[int] = []
+    frozen = None
+    for j in range(2 * n_words):
+        if frozen is None:
+            c = int(f(j)) if j < ALIGNER_MAX_TIMESTAMPS else -1
+            if 0 <= c < CLASSIFY_NUM:
+                classes.append(c)
+                continue
+            frozen = classes[-1] if classes else 0
+        classes.append(frozen)
+    seg = float(TIMESTAMP_SEGMENT_MS)
+    return [(round(classes[2 * i] * seg / 1000.0, 3), round(classes[2 * i + 1] * seg / 1000.0, 3))
+            for i in range(n_words)]
 
 
 def _class_runs(timestamp_classes: Callable[[int], int]) -> dict[int, tuple[int, int]]:
@@ -588,10 +632,10 @@ def build_aligner_model(path: str | Path,
     path.mkdir(parents=True, exist_ok=True)
     f = timestamp_classes or default_timestamp_classes
     runs = _class_runs(f)
-    vocab = _write_tokenizer_files(path, _ALIGNER_SPECIAL_IDS, _ALIGNER_ADDED_IDS, [])
+    vocab = _write_tokenizer_files(path, _COMPACT_SPECIAL_IDS, _COMPACT_ADDED_IDS, [])
     ts_id, sink_id = vocab[TIMESTAMP], vocab[AUDIO_START]
 
-    thinker_cfg = _thinker_config(_ALIGNER_HIDDEN, _ALIGNER_VOCAB_SIZE, _ALIGNER_SPECIAL_IDS)
+    thinker_cfg = _thinker_config(_ALIGNER_HIDDEN, len(vocab), _COMPACT_SPECIAL_IDS)
     thinker_cfg["model_type"] = "qwen3_forced_aligner"
     thinker_cfg["classify_num"] = CLASSIFY_NUM
     model = _new_model(dict(

@@ -1,0 +1,131 @@
+"""End to end through the real runpod local API server (/runsync), real HTTP on loopback,
+real ffmpeg and the real qwen-asr code running tiny generated models."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+import media
+from http_server import AudioHost
+from models import ENGLISH, ENGLISH_WORDS
+from qwen_worker.errors import ErrorCode
+from worker_server import WorkerServer, run_test_input, worker_env
+
+EXPECTED_KEYS = {"text", "language", "languages", "duration", "words", "segments", "chunks",
+                 "warnings", "model", "timings", "rtf"}
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jobs")
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs, work_dir, tmp_path_factory):
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], work_dir,
+                     DOWNLOAD_ALLOW_LOOPBACK="true", MAX_DOWNLOAD_BYTES=str(8 << 20),
+                     MAX_BASE64_BYTES=str(2 << 20), MAX_AUDIO_SECONDS="120")
+    srv = WorkerServer(env, tmp_path_factory.mktemp("log") / "worker.log")
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def host():
+    h = AudioHost()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, host):
+    d = tmp_path_factory.mktemp("media")
+    urls = {}
+    for fmt in ("mp3", "m4a", "wav", "opus"):
+        path = media.make_audio(d / f"a.{fmt}", 8.0)
+        urls[fmt] = host.file(f"/a.{fmt}", path.read_bytes())
+    urls["mp4"] = host.file("/v.mp4", media.make_video(d / "v.mp4", 8.0).read_bytes(),
+                            content_type="video/mp4")
+    return urls
+
+
+def _ok(result: dict) -> dict:
+    assert result["status"] == "COMPLETED", result
+    return result["output"]
+
+
+def _failed(result: dict, code: ErrorCode) -> str:
+    assert result["status"] == "FAILED", result
+    assert result["error"].startswith(f"{code.value}: "), result["error"]
+    return result["error"]
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "m4a", "wav", "opus", "mp4"])
+def test_transcribes_each_format(server, files, work_dir, fmt):
+    out = _ok(server.runsync({"audio_url": files[fmt], "language": "auto",
+                              "formats": ["srt", "vtt"]}))
+    assert EXPECTED_KEYS | {"srt", "vtt"} <= set(out)
+    assert out["text"] == ENGLISH and out["language"] == "English"
+    assert [w["word"] for w in out["words"]] == ENGLISH_WORDS
+    assert out["duration"] == pytest.approx(8.0, abs=0.05)
+    assert out["model"]["backend"] == "transformers"
+    assert set(out["timings"]) == {"download", "decode", "asr", "align", "total"}
+    assert out["srt"].startswith("1\n00:00:00,000 --> ") and out["vtt"].startswith("WEBVTT")
+    assert list(work_dir.iterdir()) == []  # the job's temporary files are gone
+
+
+def test_base64_input(server, tmp_path, work_dir):
+    raw = media.make_audio(tmp_path / "b.ogg", 5.0).read_bytes()
+    out = _ok(server.runsync({"audio_base64": base64.b64encode(raw).decode(),
+                              "word_timestamps": False}))
+    assert out["text"] == ENGLISH and out["words"] == []
+    assert "srt" not in out
+    assert list(work_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("job,code", [
+    ({"audio_url": "http://x/a.mp3", "bogus": 1}, ErrorCode.INVALID_INPUT),
+    ({}, ErrorCode.INVALID_INPUT),
+    ({"audio_url": "http://x/a.mp3", "chunk_seconds": 10}, ErrorCode.INVALID_INPUT),
+    ({"audio_base64": "@@not base64@@"}, ErrorCode.INVALID_INPUT),
+    ({"audio_url": "ftp://127.0.0.1/a.mp3"}, ErrorCode.URL_NOT_ALLOWED),
+    ({"audio_url": "http://169.254.169.254/latest/meta-data/"}, ErrorCode.URL_NOT_ALLOWED),
+    ({"audio_url": "http://10.1.2.3/a.mp3"}, ErrorCode.URL_NOT_ALLOWED),
+    ({"audio_url": "https://x/a.mp3", "language": "klingon"}, ErrorCode.UNSUPPORTED_LANGUAGE),
+])
+def test_input_errors_return_their_code_and_the_server_keeps_serving(server, files, job, code):
+    message = _failed(server.runsync(job), code)
+    assert "Traceback" not in message and "/work/" not in message and "site-packages" not in message
+    assert _ok(server.runsync({"audio_url": files["wav"]}))["text"] == ENGLISH
+
+
+def test_download_audio_and_engine_errors(server, host, tmp_path, files, work_dir):
+    host.status("/missing.mp3", 404)
+    _failed(server.runsync({"audio_url": host.url("/missing.mp3")}), ErrorCode.DOWNLOAD_FAILED)
+    host.file("/big.bin", b"\0" * (9 << 20))
+    _failed(server.runsync({"audio_url": host.url("/big.bin")}), ErrorCode.AUDIO_TOO_LARGE)
+    long = media.make_audio(tmp_path / "long.flac", 150.0, rate=8000)
+    host.file("/long.flac", long.read_bytes())
+    _failed(server.runsync({"audio_url": host.url("/long.flac")}), ErrorCode.AUDIO_TOO_LONG)
+    host.file("/noise", bytes(range(256)) * 100, content_type="application/octet-stream")
+    _failed(server.runsync({"audio_url": host.url("/noise")}), ErrorCode.AUDIO_UNREADABLE)
+    assert list(work_dir.iterdir()) == []
+
+
+def test_test_input_mode_runs_one_job(model_dirs, files, tmp_path):
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], tmp_path,
+                     DOWNLOAD_ALLOW_LOOPBACK="true")
+    done = run_test_input(env, {"input": {"audio_url": files["mp3"], "language": "en",
+                                          "formats": ["srt"]}})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ENGLISH in done.stdout and "00:00:00,000 -->" in done.stdout
+
+
+def test_test_input_mode_with_the_guard_on_refuses_loopback(model_dirs, files, tmp_path):
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], tmp_path)
+    done = run_test_input(env, {"input": {"audio_url": files["mp3"]}})
+    assert done.returncode == 1
+    assert "URL_NOT_ALLOWED" in done.stdout + done.stderr
