@@ -21,9 +21,9 @@ from qwen_worker.worker import Worker  # noqa: E402
 def main() -> None:
     import runpod
 
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.download_allow_loopback:
         allow_loopback_for_local_testing()
     # Loaded once per worker process, before the first job; vLLM needs this under __main__.

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
+from qwen_worker.decode import ffmpeg_binary
+
+FFMPEG = ffmpeg_binary()  # PATH, else the imageio-ffmpeg wheel: pip alone sets up tests
 
 # container/codec arguments for every format the worker must read
 FORMATS: dict[str, list[str]] = {

@@ -294,20 +294,34 @@ def _write_tokenizer_files(path: Path, special_ids: dict[str, int], added_ids: d
     """Write tokenizer.json / tokenizer_config.json / chat_template.jinja /
     preprocessor_config.json. Returns the full vocabulary (byte-level token -> id).
 
-    The BPE model has the 256 byte tokens (id = byte), `extra_tokens` (already byte-level
-    spelled) from id 256 on, and the special/added tokens at their given ids (the vocabulary
-    may have holes; the file is written directly because `tokenizers` warns about holes when
-    it serialises)."""
+    The BPE model has the 256 byte tokens (id = byte), then `extra_tokens` (byte-level
+    spelled) with the prefixes needed to build each of them by merges, and the special/added
+    tokens at their given ids. Merges build every extra token left to right and
+    ``ignore_merges`` makes a pre-token that is a whole vocabulary entry one token, so
+    re-tokenising a decoded output gives the generated tokens back, except where a
+    generated piece spans two pre-tokens (" test." -> " test" + ".")."""
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(_BYTE_TOKENS)}
+    merges: list[list[str]] = []
+    merge_set: set[tuple[str, str]] = set()
     next_id = 256
     taken = set(special_ids.values()) | set(added_ids.values())
-    for tok in extra_tokens:
+
+    def add(tok: str) -> None:
+        nonlocal next_id
         if tok in vocab:
-            continue
+            return
         while next_id in taken:
             next_id += 1
         vocab[tok] = next_id
         next_id += 1
+
+    for tok in extra_tokens:
+        for k in range(2, len(tok) + 1):
+            add(tok[:k])
+            pair = (tok[:k - 1], tok[k - 1])
+            if pair not in merge_set:
+                merge_set.add(pair)
+                merges.append(list(pair))
     for tok, i in {**special_ids, **added_ids}.items():
         vocab[tok] = i
     if len(set(vocab.values())) != len(vocab):  # pragma: no cover
@@ -315,7 +329,7 @@ def _write_tokenizer_files(path: Path, special_ids: dict[str, int], added_ids: d
     # Fill the gaps below the highest id with inert tokens: `tokenizers` prints a
     # megabyte-long "vocabulary contains holes" warning whenever a holey vocabulary is
     # serialised, and transformers serialises the tokenizer on every processor load (a
-    # deepcopy for a log line). Fillers are never produced by encoding (there are no merges).
+    # deepcopy for a log line). No merge produces a filler.
     used = set(vocab.values())
     for i in range(max(used) + 1):
         if i not in used:
@@ -345,7 +359,7 @@ def _write_tokenizer_files(path: Path, special_ids: dict[str, int], added_ids: d
         "model": {
             "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-            "ignore_merges": False, "vocab": vocab, "merges": [],
+            "ignore_merges": True, "vocab": vocab, "merges": merges,
         },
     }
     (path / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), "utf-8")

@@ -45,6 +45,7 @@ class Settings:
     max_context_chars: int
     work_dir: str  # each job gets a temporary directory under it, removed after the job
     download_allow_loopback: bool  # local testing only: see download.allow_loopback_for_local_testing
+    log_level: str
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -151,4 +152,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_context_chars=_int(env, "MAX_CONTEXT_CHARS", 2000, 0, 100000),
         work_dir=env.get("WORK_DIR", "").strip() or tempfile.gettempdir(),
         download_allow_loopback=_bool(env, "DOWNLOAD_ALLOW_LOOPBACK", False),
+        log_level=env.get("LOG_LEVEL", "").strip().upper() or "INFO",
     )
