@@ -97,3 +97,14 @@ def test_probe_parses_ffmpeg_header_lines():
     assert info == d.AudioInfo(3723.5, "mp3", 44100, "stereo", "mp3")
     assert d.parse_probe("Input #0, ogg, from 'x':\n  Duration: N/A\n"
                          "  Stream #0:0: Audio: opus, 48000 Hz, mono\n").duration is None
+
+
+def test_stream_without_duration_is_measured_from_packets(tmp_path: Path):
+    path = tmp_path / "live.webm"
+    media.ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=40", "-c:a", "libopus",
+                 "-f", "webm", "-live", "1", str(path))
+    assert d.probe(path).duration is None  # the header does not say
+    assert d.scan_duration(path, 100) == pytest.approx(40.0, abs=0.1)
+    with pytest.raises(d.AudioTooLong):
+        d.decode(path, max_seconds=30)
+    assert abs(d.decode(path, max_seconds=60).size - 640_000) < 800

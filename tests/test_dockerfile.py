@@ -67,6 +67,17 @@ def pip_installs(commands: list[str]) -> list[list[str]]:
     return found
 
 
+def ci_commands(script: Path = CI_SCRIPT) -> list[str]:
+    """The lines of .ci/run and of the repository scripts it runs (bash/sh/source X)."""
+    lines = []
+    for line in script.read_text("utf-8").splitlines():
+        lines.append(line)
+        match = re.match(r"\s*(?:bash|sh|source|\.)\s+(\S+)", line)
+        if match and (ROOT / match.group(1)).is_file():
+            lines += ci_commands(ROOT / match.group(1))
+    return lines
+
+
 def requirement_files(installs: list[list[str]]) -> list[str]:
     return [args[i + 1] for args in installs for i, a in enumerate(args) if a == "-r"]
 
@@ -131,7 +142,7 @@ def test_every_ignored_hadolint_rule_is_explained():
 
 def test_image_installs_what_ci_installs(dockerfile):
     image = pip_installs([args for ins, args in dockerfile if ins == "RUN"])
-    ci = pip_installs(CI_SCRIPT.read_text("utf-8").splitlines())
+    ci = pip_installs(ci_commands())
 
     # qwen-asr: the same pin, without its dependencies, in both.
     assert no_deps_pins(image) == no_deps_pins(ci) == {"qwen-asr==0.0.6"}

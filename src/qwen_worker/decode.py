@@ -7,6 +7,7 @@ ffmpeg processes over time ranges, each writing into its own slice of that buffe
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -50,8 +51,10 @@ class AudioTooLong(DecodeError):
     def __init__(self, seconds: float | None, limit: float):
         self.seconds = seconds
         self.limit = limit
-        shown = f"{seconds:.0f} s" if seconds is not None else "more than the limit"
-        super().__init__(f"audio is {shown} long; the limit is {limit:.0f} s")
+        if seconds is None:
+            super().__init__(f"the audio is longer than the {limit:.0f} s limit")
+        else:
+            super().__init__(f"the audio is {seconds:.0f} s long; the limit is {limit:.0f} s")
 
 
 @dataclass(frozen=True)
@@ -224,10 +227,42 @@ def _plan_pieces(total: int, workers: int) -> list[int]:
     return [0, *inner, total]
 
 
+def scan_duration(path: Path, max_seconds: float, timeout_s: float = 300.0) -> float:
+    """Length of the first audio stream from its packets (stream copy, no decoding).
+
+    For containers whose header does not say (live WebM, some streams): reading packet
+    timestamps is I/O-bound, so a 100-hour file is refused in seconds, before any sample
+    is allocated. Raises AudioTooLong as soon as the running length passes max_seconds.
+    """
+    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
+            "-map", "0:a:0", "-c", "copy", "-f", "null", "-progress", "pipe:1",
+            "-stats_period", "0.2", "-"]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    seconds = 0.0
+    try:
+        for line in proc.stdout:
+            key, _, value = line.strip().partition("=")
+            if key == "out_time_us" and value.lstrip("-").isdigit():
+                seconds = max(seconds, int(value) / 1e6)
+                if seconds > max_seconds:
+                    raise AudioTooLong(None, max_seconds)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        proc.wait()
+        timer.cancel()
+    return seconds
+
+
 def decode(path: Path, *, max_seconds: float, workers: int = 1, info: AudioInfo | None = None,
            timeout_s: float = 900.0) -> np.ndarray:
     """Decode to float32 mono 16 kHz. Refuses audio over max_seconds before or while decoding."""
     info = info if info is not None else probe(path)
+    if info.duration is None:
+        info = dataclasses.replace(info, duration=scan_duration(path, max_seconds) or None)
     if info.duration is not None and info.duration > max_seconds:
         raise AudioTooLong(info.duration, max_seconds)
     limit = int(max_seconds * SAMPLE_RATE) + 1
