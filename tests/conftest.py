@@ -27,3 +27,46 @@ def model_dirs(tmp_path_factory):
     from models import build_all
 
     return build_all(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def host():
+    """One loopback audio host for the worker tests."""
+    from http_server import AudioHost
+
+    h = AudioHost()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="session")
+def jobs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jobs")
+
+
+WORKER_LIMITS = {"MAX_DOWNLOAD_BYTES": str(8 << 20), "MAX_BASE64_BYTES": str(2 << 20),
+                 "MAX_AUDIO_SECONDS": "120"}
+
+
+@pytest.fixture(scope="session")
+def server(model_dirs, jobs_dir, tmp_path_factory):
+    """The worker behind runpod's local API server, allowed to download from loopback only."""
+    from worker_server import WorkerServer, worker_env
+
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], jobs_dir,
+                     DOWNLOAD_ALLOW_LOOPBACK="true", **WORKER_LIMITS)
+    srv = WorkerServer(env, tmp_path_factory.mktemp("log") / "worker.log")
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="session")
+def guarded_server(model_dirs, tmp_path_factory):
+    """The worker as deployed: runpod's SSRF guard fully on (loopback refused too)."""
+    from worker_server import WorkerServer, worker_env
+
+    env = worker_env(model_dirs["english"], model_dirs["aligner"],
+                     tmp_path_factory.mktemp("guarded-jobs"), **WORKER_LIMITS)
+    srv = WorkerServer(env, tmp_path_factory.mktemp("log") / "guarded.log")
+    yield srv
+    srv.close()

@@ -1,10 +1,9 @@
 """Tiny hand-scripted Qwen3-ASR and Qwen3-ForcedAligner model directories for tests.
 
 The REAL qwen-asr 0.0.6 code (transformers backend, CPU) loads and runs these directories;
-only the weights are set by hand so that the outputs are exact and known in advance.
-Nothing is downloaded: tokenizer, configs and weights are all generated here.
-
-Load them like the real models, in float32 (see "dtype" below)::
+only the weights are set by hand, so outputs are exact and known in advance. Nothing is
+downloaded: tokenizer, configs and weights are generated here. Load them like the real
+models, in float32::
 
     model = Qwen3ASRModel.from_pretrained(str(asr_dir), forced_aligner=str(aligner_dir),
                                           forced_aligner_kwargs={"dtype": torch.float32},
@@ -12,72 +11,86 @@ Load them like the real models, in float32 (see "dtype" below)::
 
 ASR model (`build_asr_model`)
 -----------------------------
-Greedy decoding of ANY audio (the audio has no influence at all) emits the tokens of
-``language {language}<asr_text>{script}`` and then ``<|im_end|>`` (id 151645, one of the EOS ids
-that qwen-asr hard-codes in generate), so generation stops early. What qwen-asr then returns:
+Greedy decoding of ANY audio (the audio has no influence) emits the tokens of
+``language {language}<asr_text>{script}`` and then ``<|im_end|>`` = 151645, one of the EOS ids
+qwen-asr hard-codes in generate, so generation really stops there. qwen-asr then returns:
 
-* ``transcribe(..., language=None)``   -> ``language == language`` (normalised by qwen-asr:
-  first letter upper, rest lower) and ``text == script.strip()``.
-* ``transcribe(..., language="X")``   -> qwen-asr appends ``language X<asr_text>`` to the prompt;
-  the model continues with the script only: ``language == "X"``, ``text == script.strip()``.
+* ``transcribe(..., language=None)`` -> ``language`` (qwen-asr capitalises it: first letter
+  upper, rest lower) and ``text == script.strip()``.
+* ``transcribe(..., language="X")`` -> qwen-asr appends ``language X<asr_text>`` to the prompt
+  and the model continues with the script only: ``("X", script.strip())``.
+* ``build_asr_model(path, "", "None")`` gives "language None<asr_text>", which qwen-asr reads
+  as silence: language "" and text "".
 
-How: the one decoder layer adds nothing (o_proj and down_proj are zero), so the last hidden
-state is a function of the current token only. Token t's embedding is a unit vector that
-"points at" the token that must follow t (points on a torus in the 4-dim hidden space) and the
-untied lm_head row of a target token is that same vector, so argmax(next) = successor(t).
-The start of the chain is the last prompt token ("\\n" of ``<|im_start|>assistant\\n``, or
-``<asr_text>`` when a language is forced).
+How: the single decoder layer adds nothing (o_proj and down_proj are zero), so the last hidden
+state depends on the current token only. Token t's embedding is a unit vector (a point on a
+torus in the 4-dim hidden space) that "points at" the token that must follow t, and the
+untied lm_head row of that token is the same vector, so argmax = successor(t). The chain
+starts at the last prompt token ("\\n" of ``<|im_start|>assistant\\n``, or ``<asr_text>`` when
+a language is forced). Margins are wide: the chain also survives bfloat16.
 
-Script limits (all checked at build time, ValueError otherwise):
+Scripts:
 
-* The script is cut into pieces (a word with its leading spaces, a run of punctuation, each
-  CJK/full-width character on its own), and each piece becomes one token. Because the next token
-  may depend on the current token only, no piece may occur twice: a repeated piece is glued to its
-  neighbour ("你好，世界。这是测试。" -> ..., "试。"; "Hello, world. This is a test." ->
-  ..., " test.") until all pieces are distinct; `asr_output_pieces` shows the result. Any script
-  works this way (in the worst case it is one token).
-* The generated text is exactly ``script``; qwen-asr strips outer whitespace and collapses
-  any 20+-fold repetition of a character or of a <=20-character pattern
-  (``detect_and_fix_repetitions``), so use scripts without such runs if you compare exactly.
-* Number of generated tokens = ``len(asr_output_pieces(script, language))`` + 1 (EOS), or
-  ``len(...) - 3`` + 1 when the language is forced. With a smaller ``max_new_tokens`` the text is
-  cut after that many pieces (``"".join(pieces[:max_new_tokens])``).
-* The tokenizer only knows the 256 byte tokens, the pieces and the special tokens (no merges):
-  ``tokenizer.encode(script)`` gives byte tokens, not the pieces.
+* The script is cut into pieces -- a word with its leading whitespace, a run of punctuation,
+  each CJK/full-width character alone -- and each piece is one generated token. The next token
+  may depend on the current one only, so a piece that occurs twice is glued to its successor
+  (or, at the end, its predecessor) until all pieces differ: "Hello, world. This is a test."
+  ends in " test." and "你好，世界。这是测试。" in "试。". Any script works (worst
+  case: one token); `asr_output_pieces` lists what is generated. Only a script that IS
+  "language", " {language}" or "\\n" is refused (ValueError).
+* qwen-asr strips outer whitespace and collapses 20+-fold repeats of a character or of a
+  <=20-character pattern (``detect_and_fix_repetitions``); avoid such runs in exact tests.
+* Generated tokens: ``len(asr_output_pieces(script, language)) + 1`` (the EOS), 3 fewer with a
+  forced language. With a smaller ``max_new_tokens`` the raw output is
+  ``"".join(pieces[:max_new_tokens])``.
+* The tokenizer is byte-level BPE over the 256 bytes plus merges that build every piece, so
+  re-tokenising the decoded raw output gives the generated tokens back, except that a glued
+  piece spanning two pre-tokens (" test.") counts as two. Ids follow the real model
+  (<|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, <|audio_start|> 151669,
+  <|audio_end|> 151670, <|audio_pad|> 151676; <asr_text> 151704 and <timestamp> 151705 are
+  added, non-special); unused ids below them are inert filler tokens.
 
-Looping model (`build_looping_asr_model`)
------------------------------------------
-Emits ``language {language}<asr_text>`` and then `word` forever (never EOS), so every call
-decodes exactly ``max_new_tokens`` tokens: raw text = "language English<asr_text>" +
-word * (max_new_tokens - 3) (or word * max_new_tokens when the language is forced). NOTE:
-qwen-asr's ``detect_and_fix_repetitions`` collapses a pattern repeated 20+ times to ONE copy, so
-with max_new_tokens >= 23 (unforced) the text qwen-asr returns is just "again" (plus nothing);
-below 20 repetitions you get "again again ...". See `looping_text`.
+COST of the real EOS id: the vocabulary must have 151936 entries, and qwen-asr's forward
+computes logits for every prompt position, i.e. ~7.9 MB of float32 per second of audio per
+batch item at prefill (10 s: 80 MB; one 262 s chunk: ~2.1 GB peak, measured 2.8 GB RSS).
+For long audio use `build_compact_asr_model`: same text/language through qwen-asr and the same
+re-tokenised token count, a ~300-entry vocabulary, but no EOS id exists, so generate always
+runs max_new_tokens steps (after the script it emits a special token that decoding drops).
+
+Looping model (`build_looping_asr_model`, compact vocabulary)
+-------------------------------------------------------------
+Emits ``language {language}<asr_text>`` then `word` forever, so generation always runs
+``max_new_tokens`` steps and the raw output is "language English<asr_text>" +
+word * (max_new_tokens - 3) (word * max_new_tokens when forced); re-tokenising it gives exactly
+max_new_tokens tokens. NOTE qwen-asr collapses a pattern repeated 20+ times to ONE copy:
+transcribe() returns just "again" once there are >= 20 repeats, "again again ..." below that.
+`looping_text` computes the exact result with qwen-asr's own parser.
 
 Aligner (`build_aligner_model`)
 -------------------------------
-qwen-asr turns the text into words (letters/digits/apostrophes only; CJK per character) and
-builds ``<|audio_start|><|audio_pad|>*N<|audio_end|>w1<timestamp><timestamp>w2<timestamp>...``;
-the j-th ``<timestamp>`` (0-based, 2 per word: start, end) is classified into a class, and
-time = class * 80 ms. Here the j-th ``<timestamp>`` gets class ``timestamp_classes(j)``
-(default ``3 * j``: word i spans [0.48*i, 0.48*i + 0.24] s), whatever the audio.
-`expected_word_times` gives the (start, end) seconds qwen-asr reports.
+qwen-asr's ``align`` keeps letters, digits and apostrophes only (punctuation vanishes, CJK is
+split per character, Japanese/Korean go through nagisa/soynlp), builds
+``<|audio_start|><|audio_pad|>*N<|audio_end|>w1<timestamp><timestamp>w2<timestamp>...``, and
+classifies each ``<timestamp>`` into a class; time = class * 80 ms; word i takes timestamps
+j = 2i (start) and 2i+1 (end). Here the j-th ``<timestamp>`` gets class
+``timestamp_classes(j)``, whatever the audio: by default ``3*j``, so word i spans
+[0.48 i, 0.48 i + 0.24] s (exact up to word 833 = 399.84 s; later words keep the last class).
+`expected_word_times(n_words, timestamp_classes)` returns the (start, end) seconds ``align``
+reports (rounded to 3 decimals like qwen-asr).
 
 How: one attention head at each ``<timestamp>`` attends equally to ``<|audio_start|>`` (value
-"1") and to every ``<timestamp>`` up to itself (value "n") and nearly nothing else, so the
-hidden state holds (1, n) up to a positive factor; the classifier rows are lines
-``a*n + b`` (chords of n^2), whose argmax picks the class whose run of indices contains n.
-Limits: ``timestamp_classes`` must give each class one contiguous run of indices (monotone or
-constant functions are fine) with values in [0, 5000); classes are exact for the first
-`ALIGNER_MAX_TIMESTAMPS` timestamps (beyond, the last class repeats); float32 only.
+"1") and to every ``<timestamp>`` up to itself (value "n"), and ~nothing else, so the hidden
+state is (1, n) up to a positive factor; classifier rows are lines a*n + b (chords of n^2), so
+the argmax is the class whose run of indices contains n. Limits: each class must cover one
+contiguous run of indices (monotone or constant functions are fine; ValueError otherwise),
+values in [0, 5000); exact in float32 for 1600+ timestamps; bfloat16 breaks it beyond ~5 words.
 
-dtype: load the aligner in float32 (bf16 rounds the large logits). The ASR chain has wide
-margins and also survives bf16, but float32 is what the self-test checks.
-
-Measured on the 2-core dev box (torch 2.13 CPU, transformers 4.57.6): building both dirs
-~0.3 s; loading ASR + aligner through qwen-asr ~0.1 s; transcribe of 2 x 10 s clips
-~0.05 s; align of one 10 s clip ~0.03 s. The ASR dir is ~5 MB (the 151936-row embedding and
-lm_head, 4 dims each: EOS ids are hard-coded), the aligner dir ~0.2 MB.
+Measured on the 2-core dev box while other jobs ran (torch 2.13 CPU, transformers 4.57.6):
+build: ASR ~0.3 s (8 MB: 4.9 MB weights + 3.3 MB tokenizer.json), compact ASR / looping /
+aligner ~0.05-0.1 s (30-200 KB). Load through qwen-asr: ASR + aligner ~0.4 s (mostly the
+151k-entry tokenizer, which transformers also deep-copies once per processor load), compact
+~0.03 s. transcribe of one 10 s clip ~0.2-0.45 s, two clips ~0.5-0.9 s (prefill logits plus
+~10 ms per decode step); align of one 10 s clip ~0.04-0.1 s. `import qwen_asr` itself ~6-10 s.
 """
 
 from __future__ import annotations
@@ -118,8 +131,8 @@ CLASSIFY_NUM = 5000
 DEFAULT_TIMESTAMP_STEP = 3  # default: j-th <timestamp> -> class 3*j -> 240 ms steps
 ALIGNER_MAX_TIMESTAMPS = 2000  # rows are built for timestamp indices 0 .. this-1
 
-# Special tokens. The ASR model uses the real Qwen ids (EOS ids are hard-coded in qwen-asr's
-# generate); the aligner never generates, so it gets a compact vocabulary.
+# Special tokens. `build_asr_model` uses the real Qwen ids (EOS ids are hard-coded in qwen-asr's
+# generate); the compact, looping and aligner models need no EOS and use ids 256-263.
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 AUDIO_START, AUDIO_END, AUDIO_PAD = "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>"
 ASR_TEXT, TIMESTAMP = "<asr_text>", "<timestamp>"
@@ -181,7 +194,8 @@ def _byte_to_char() -> dict[int, str]:
     Printable Latin-1 bytes stand for themselves; the other 68 bytes get the characters
     U+0100, U+0101, ... in byte order.
     """
-    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
+    keep = set(range(ord("!"), ord("~") + 1))
+    keep |= set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
     table: dict[int, str] = {}
     extra = 0
     for b in range(256):
