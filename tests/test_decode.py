@@ -108,3 +108,14 @@ def test_stream_without_duration_is_measured_from_packets(tmp_path: Path):
     with pytest.raises(d.AudioTooLong):
         d.decode(path, max_seconds=30)
     assert abs(d.decode(path, max_seconds=60).size - 640_000) < 800
+
+
+def test_parallel_decode_falls_back_when_seeking_is_not_exact(tmp_path: Path):
+    # VBR MP3 without a Xing index: ffmpeg seeks by estimate, so pieces would not line up.
+    cbr = media.make_audio(tmp_path / "cbr.mp3", 250.0)
+    vbr = tmp_path / "vbr.mp3"
+    media.ffmpeg("-i", str(cbr), "-c:a", "libmp3lame", "-q:a", "4", "-write_xing", "0", str(vbr))
+    info = d.probe(vbr)
+    assert d._decode_parallel(vbr, info.duration, 3, 10**9, 600) is None
+    single = d.decode(vbr, max_seconds=1000, workers=1, info=info)
+    np.testing.assert_array_equal(d.decode(vbr, max_seconds=1000, workers=3, info=info), single)

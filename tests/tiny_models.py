@@ -89,8 +89,11 @@ Measured on the 2-core dev box while other jobs ran (torch 2.13 CPU, transformer
 build: ASR ~0.3 s (8 MB: 4.9 MB weights + 3.3 MB tokenizer.json), compact ASR / looping /
 aligner ~0.05-0.1 s (30-200 KB). Load through qwen-asr: ASR + aligner ~0.4 s (mostly the
 151k-entry tokenizer, which transformers also deep-copies once per processor load), compact
-~0.03 s. transcribe of one 10 s clip ~0.2-0.45 s, two clips ~0.5-0.9 s (prefill logits plus
-~10 ms per decode step); align of one 10 s clip ~0.04-0.1 s. `import qwen_asr` itself ~6-10 s.
+~0.03 s. transcribe of one 10 s clip ~0.4-0.5 s, two clips ~0.6-0.9 s (prefill logits plus
+~10 ms per decode step); align of one 10 s clip ~0.04-0.14 s. `import qwen_asr` itself ~6-10 s.
+Long audio, 3 x 262 s chunks in one call, max_new_tokens 256: `build_asr_model` 19 s and
+6.9 GB peak RSS; `build_compact_asr_model` 22 s (256 decode steps over a 3.4k-token cache)
+and 1.1 GB -- lower max_new_tokens makes the compact one fast too.
 """
 
 from __future__ import annotations
@@ -443,9 +446,10 @@ def _new_model(config_kwargs: dict):
     import torch
     from qwen_asr.core.transformers_backend import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration
 
-    torch.manual_seed(0)
     config = Qwen3ASRConfig(**config_kwargs)
-    model = Qwen3ASRForConditionalGeneration(config).to(torch.float32).eval()
+    with torch.random.fork_rng(devices=[]):  # deterministic init, caller's RNG untouched
+        torch.manual_seed(0)
+        model = Qwen3ASRForConditionalGeneration(config).to(torch.float32).eval()
     return model
 
 

@@ -27,6 +27,9 @@ PARALLEL_MIN_SECONDS = 120.0
 PARALLEL_MIN_PIECE_SECONDS = 60.0
 _READ_BLOCK = 1 << 20  # bytes per read from ffmpeg's pipe
 SEEK_LEAD_SECONDS = 2.0
+# Samples before each joint decoded twice, to check the pieces line up (see _decode_parallel).
+JOINT_CHECK_SAMPLES = SAMPLE_RATE // 4
+JOINT_TOLERANCE = 1e-4
 
 
 class DecodeError(Exception):
@@ -121,6 +124,7 @@ def probe(path: Path, timeout_s: float = 60.0) -> AudioInfo:
 
 
 def _ffmpeg_args(path: Path, start: float, length: float | None) -> list[str]:
+    """ffmpeg writing float32 mono 16 kHz from `start` seconds, for `length` seconds or to the end."""
     args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error"]
     if start > 0:
         # Seek the input to a little before `start`, then let ffmpeg decode and drop the lead-in:
@@ -138,8 +142,11 @@ def _ffmpeg_args(path: Path, start: float, length: float | None) -> list[str]:
 
 
 def _run_into(args: list[str], buf: np.ndarray, start: int, limit: int | None,
-              timeout_s: float, grow: bool) -> tuple[np.ndarray, int]:
+              timeout_s: float, grow: bool, head: np.ndarray | None = None
+              ) -> tuple[np.ndarray, int]:
     """Stream ffmpeg's samples into buf[start:]; returns (buf, samples written).
+
+    With `head`, the first head.size samples go there instead (they are not counted).
 
     With grow=True the buffer is enlarged when full (duration unknown or understated), up to
     `limit` samples, past which _TooManySamples is raised; with grow=False writing stops at
@@ -162,6 +169,13 @@ def _run_into(args: list[str], buf: np.ndarray, start: int, limit: int | None,
     pos = start * BYTES_PER_SAMPLE
     over_limit = False
     try:
+        if head is not None:
+            view, filled = memoryview(head).cast("B"), 0
+            while filled < head.nbytes:
+                n = proc.stdout.readinto(view[filled:])
+                if not n:
+                    break
+                filled += n
         while True:
             room = buf.nbytes - pos
             if room <= 0:
@@ -293,7 +307,12 @@ def _decode_single(path: Path, duration: float | None, limit: int, timeout_s: fl
 
 def _decode_parallel(path: Path, duration: float, workers: int, limit: int,
                      timeout_s: float) -> np.ndarray | None:
-    """Decode equal time ranges concurrently into one buffer; None if the pieces do not tile."""
+    """Decode equal time ranges concurrently into one buffer; None if the pieces do not tile.
+
+    Each piece after the first also decodes a short overlap before its start, which must equal
+    the end of the previous piece: a container whose seeking is not sample-exact (VBR MP3
+    without a usable index, raw AAC) fails this check and falls back to one process.
+    """
     total = int(round(duration * SAMPLE_RATE))
     bounds = _plan_pieces(total, workers)
     if len(bounds) <= 2:
@@ -301,14 +320,17 @@ def _decode_parallel(path: Path, duration: float, workers: int, limit: int,
     # The last piece reads to the end of the stream, whose true length may differ from the header.
     slack = SAMPLE_RATE * 5
     buf = np.empty(min(total + slack, limit), dtype=np.float32)
+    heads = {k: np.empty(JOINT_CHECK_SAMPLES, np.float32) for k in range(1, len(bounds) - 1)}
 
     def run_piece(k: int) -> int:
         start, end = bounds[k], bounds[k + 1]
         last = k == len(bounds) - 2
-        length = None if last else (end - start) / SAMPLE_RATE
+        head = heads.get(k)
+        first = start - (head.size if head is not None else 0)
+        length = None if last else (end - first) / SAMPLE_RATE
         slot = buf[: (buf.size if last else end)]
-        _, n = _run_into(_ffmpeg_args(path, start / SAMPLE_RATE, length), slot, start,
-                         None, timeout_s, grow=False)
+        _, n = _run_into(_ffmpeg_args(path, first / SAMPLE_RATE, length), slot, start,
+                         None, timeout_s, grow=False, head=head)
         return n
 
     with ThreadPoolExecutor(max_workers=len(bounds) - 1) as pool:
@@ -320,6 +342,10 @@ def _decode_parallel(path: Path, duration: float, workers: int, limit: int,
         if n == expected - 1:
             # One sample short at a joint: repeat the last one rather than leave garbage.
             buf[bounds[k + 1] - 1] = buf[bounds[k + 1] - 2]
+    for k, head in heads.items():
+        tail = buf[bounds[k] - head.size:bounds[k]]
+        if not np.allclose(head, tail, rtol=0, atol=JOINT_TOLERANCE):
+            return None  # the pieces do not line up: fall back to one process
     end = bounds[-2] + lengths[-1]
     if end >= buf.size and buf.size < limit:
         return None  # the header understated the length: let the growing decoder handle it
