@@ -164,7 +164,7 @@ def test_gpu_pin_is_the_vllm_that_qwen_asr_wants_and_fits_the_runtime_pins():
     assert [str(r.specifier) for r in extra] == ["==0.14.0"]  # qwen-asr[vllm]
 
     runtime = pins("requirements.txt")
-    for name, req in runtime.items():
+    for req in runtime.values():
         assert str(req.specifier).startswith("=="), f"requirements.txt: {req} is not pinned"
     for name, allowed in VLLM_0_14_CONSTRAINTS.items():
         version = next(iter(runtime[name].specifier)).version
