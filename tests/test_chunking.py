@@ -48,3 +48,23 @@ def test_short_audio_is_one_chunk():
 def test_chunk_length_outside_30_to_300_is_refused(bad):
     with pytest.raises(ValueError):
         chunking.split(np.zeros(16000, np.float32), bad)
+
+
+def test_cuts_fall_in_the_pauses_of_real_speech(tmp_path):
+    from qwen_worker.decode import decode
+
+    text = " ".join(f"Sentence number {i} talks about chunking long podcasts at quiet points."
+                    for i in range(40))
+    wav = media.speech(tmp_path / "speech.wav", text)
+    if wav is None:
+        pytest.skip("espeak-ng is not installed (CI installs it)")
+    audio = decode(wav, max_seconds=3600)
+    assert audio.size > 100 * 16000
+    chunks = chunking.split(audio, 30.0)
+    frame = 160
+    energy = np.square(audio[: audio.size // frame * frame].reshape(-1, frame)).mean(axis=1)
+    speaking = np.median(energy[energy > 0])
+    for c in chunks[1:]:
+        at = c.start // frame
+        # The 200 ms around each cut is far quieter than typical speech.
+        assert energy[at - 10:at + 10].mean() < 0.05 * speaking
