@@ -236,6 +236,15 @@ def _loopback_only() -> None:
     socket.socket.connect_ex = lambda s, a: (check(s, a), connect_ex(s, a))[1]
 
 
+_PHASE_FILE: Path | None = None
+
+
+def _phase(mark: str) -> None:
+    """Tell the sampling parent that the clock starts ("run") or stops ("done")."""
+    if _PHASE_FILE is not None:
+        _PHASE_FILE.write_text(mark)
+
+
 def _usage() -> tuple[float, float, float]:
     import resource
 
@@ -287,6 +296,7 @@ def child_ours(url: str, workers: int) -> dict:
     job_dir = Path(tempfile.mkdtemp(prefix="ingest-ours-"))
     rss0 = _own_rss_mb()
     try:
+        _phase("run")
         cpu0, kcpu0, t0 = _usage()
         path = fetch_url(url, job_dir, policy)
         t1 = time.perf_counter()
@@ -296,6 +306,7 @@ def child_ours(url: str, workers: int) -> dict:
         t3 = time.perf_counter()
         chunks = chunking.split(samples, CHUNK_SECONDS)
         cpu1, kcpu1, t4 = _usage()
+        _phase("done")
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
     maxrss, kid_maxrss = _maxrss_mb()
@@ -306,7 +317,7 @@ def child_ours(url: str, workers: int) -> dict:
         "stages": {"download": t1 - t0, "probe": t2 - t1, "decode": t3 - t2, "chunk": t4 - t3},
         "samples": int(samples.size), "seconds": samples.size / 16000, "chunks": len(chunks),
         "header_duration": info.duration,
-        "sha256": hashlib.sha256(samples.tobytes()).hexdigest(),
+        "sha256": hashlib.sha256(memoryview(samples)).hexdigest(),  # no copy
         **_tiling(chunks, samples),
     }
 
@@ -329,6 +340,7 @@ def child_naive(url: str) -> dict:
     librosa.load(work / "warm.wav", sr=16000)
     rss0 = _own_rss_mb()
     try:
+        _phase("run")
         cpu0, kcpu0, t0 = _usage()
         response = requests.get(url, timeout=60)
         response.raise_for_status()
@@ -345,6 +357,7 @@ def child_naive(url: str) -> dict:
         t3 = time.perf_counter()
         chunks = [librosa.load(wav, sr=16000)[0] for wav in wavs]
         cpu1, kcpu1, t4 = _usage()
+        _phase("done")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     maxrss, kid_maxrss = _maxrss_mb()
@@ -400,7 +413,9 @@ def child_check(url: str, workers: int) -> dict:
 
 
 def child_main(args: argparse.Namespace) -> None:
+    global _PHASE_FILE
     _loopback_only()
+    _PHASE_FILE = Path(args.result + ".phase")
     if args.child == "ours":
         result = child_ours(args.url, args.workers)
     elif args.child == "naive":
@@ -460,11 +475,17 @@ def run_child(kind: str, url: str, workers: int, sample: bool = True) -> dict:
     proc = subprocess.Popen(cmd, env=env)
     root = psutil.Process(proc.pid)
     tree: dict[int, psutil.Process] = {proc.pid: root}
-    peak = 0
+    phase_file = Path(str(result_path) + ".phase")
+    peak = 0  # over the whole life of the process tree, imports included
+    window_peak = 0  # while the clock runs: from the request to the chunks
     tick = 0
     try:
         while proc.poll() is None:
             if sample:
+                try:
+                    phase = phase_file.read_text()
+                except OSError:
+                    phase = ""
                 if tick % RESCAN_EVERY == 0:
                     try:
                         for p in root.children(recursive=True):
@@ -478,6 +499,8 @@ def run_child(kind: str, url: str, workers: int, sample: bool = True) -> dict:
                     except psutil.Error:
                         del tree[pid]
                 peak = max(peak, total)
+                if phase == "run":
+                    window_peak = max(window_peak, total)
                 tick += 1
             time.sleep(SAMPLE_EVERY_S)
         if proc.returncode != 0:
@@ -494,7 +517,9 @@ def run_child(kind: str, url: str, workers: int, sample: bool = True) -> dict:
             proc.kill()
             proc.wait()
         result_path.unlink(missing_ok=True)
-    result["tree_peak_rss_mb"] = peak / MB
+        phase_file.unlink(missing_ok=True)
+    result["tree_peak_rss_mb"] = window_peak / MB
+    result["tree_lifetime_peak_rss_mb"] = peak / MB
     return result
 
 
@@ -562,7 +587,8 @@ def main() -> None:
         server.server_close()
 
     med = {label: {k: statistics.median(r[k] for r in rs)
-                   for k in ("wall", "cpu", "tree_peak_rss_mb", "maxrss_mb", "rss_after_imports_mb")}
+                   for k in ("wall", "cpu", "tree_peak_rss_mb", "maxrss_mb", "rss_after_imports_mb",
+                             "tree_lifetime_peak_rss_mb", "cpu_self", "cpu_children")}
            for label, rs in runs.items()}
     naive_label = next((label for label, kind, _ in paths if kind == "naive"), None)
     naive_wall = med[naive_label]["wall"] if naive_label else None
@@ -584,7 +610,9 @@ def main() -> None:
     for label, rs in runs.items():
         stages = {k: statistics.median(r["stages"][k] for r in rs) for k in rs[0]["stages"]}
         print(f"- {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-              + f"; RSS after imports {med[label]['rss_after_imports_mb']:.0f} MB")
+              + f"; CPU {med[label]['cpu_self']:.2f} s in Python + {med[label]['cpu_children']:.2f} s "
+              f"in ffmpeg; RSS after imports {med[label]['rss_after_imports_mb']:.0f} MB, tree peak "
+              f"over the process's whole life {med[label]['tree_lifetime_peak_rss_mb']:.0f} MB")
     print()
 
     foreign = max(r["foreign_cores"] for rs in runs.values() for r in rs)

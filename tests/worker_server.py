@@ -48,7 +48,7 @@ class WorkerServer:
             [sys.executable, str(ROOT / "src" / "handler.py"), "--rp_serve_api",
              "--rp_api_host", "127.0.0.1", "--rp_api_port", str(self.port)],
             env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_ready(120.0)
+        self._wait_ready(300.0)
 
     def _wait_ready(self, timeout: float) -> None:
         end = time.monotonic() + timeout
