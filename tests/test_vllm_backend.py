@@ -72,3 +72,18 @@ def test_forced_language_goes_into_the_vllm_prompt(fake_vllm, model_dirs):
 
 def test_default_backend_is_transformers_without_vllm_or_cuda():
     assert load_settings({}).backend == "transformers"
+
+
+def test_cuda_turns_off_cudnn_attention_and_cpu_leaves_it():
+    import torch
+
+    from qwen_worker.engine import configure_torch
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        configure_torch("cpu")
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
+        configure_torch("cuda")
+        assert torch.backends.cuda.cudnn_sdp_enabled() is False
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

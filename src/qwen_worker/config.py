@@ -135,7 +135,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # Aligner peak (bf16, 270 s chunks, weights included): 3.7 GiB at 1, 5.4 at 4, 9.0 at 8.
         # Throughput is flat from 4 up, and 4 fits beside vLLM's share on a 24 GB card.
         aligner_batch_size=_int(env, "ALIGNER_BATCH_SIZE", 4, 1, 256),
-        asr_batch_size=_int(env, "ASR_BATCH_SIZE", 32, 1, 1024),
+        # transformers backend only: its prefill keeps full-vocabulary logits for every audio
+        # token (~1.1 GiB per 270 s chunk), so 8 chunks per generate call fit a 24 GB card.
+        asr_batch_size=_int(env, "ASR_BATCH_SIZE", 8, 1, 1024),
         device=device,
         dtype=dtype,
         # 270 s -> 3510 audio tokens + prompt + up to MAX_NEW_TOKENS output.
