@@ -1,24 +1,30 @@
 """bench/ingest: from request to model-ready chunks, our path against the naive one.
 
-A generated long MP3 (default: 1 hour, 128 kbps, stereo, 44.1 kHz, synthetic speech over a
-pink-noise bed) is served from a loopback HTTP server in this process. Each path runs in its
-own fresh Python process, so CPU time and peak memory belong to that path alone:
+A generated long MP3 (default: 1 hour, 128 kbps, stereo, 44.1 kHz, espeak-ng speech over a
+pink-noise bed, cached under bench/out/) is served from a loopback HTTP server in this process.
+Each path runs in its own fresh Python process, so CPU time and peak memory belong to it alone:
 
-  ours      fetch_url (runpod's SSRF guard, loopback allowed) -> probe -> decode(workers=N)
-            -> chunking.split(samples, 270): chunks are views of one float32 16 kHz buffer
-  ours (1)  the same with workers=1: one ffmpeg process, the single-process baseline
-  naive     requests.get -> pydub AudioSegment.from_file -> export every 270 s slice as WAV
-            -> librosa.load(wav, sr=16000) each
+  ours        fetch_url (runpod's SSRF guard, loopback allowed) -> probe -> decode(workers=N)
+              -> chunking.split(samples, 270): chunks are views of one float32 16 kHz buffer
+  ours (1)    the same with workers=1: one ffmpeg process, the single-process baseline
+  proposed    ours with the src/ changes this benchmark proposes, patched into the child
+              process only: ffmpeg's -flush_packets 0, then also NUMPY_MADVISE_HUGEPAGE=0
+  floor       the decode's ffmpeg processes alone writing to /dev/null, file already local:
+              a lower bound on this machine at this moment, not a path
+  naive       requests.get -> pydub AudioSegment.from_file -> export every 270 s slice as WAV
+              -> librosa.load(wav, sr=16000) each
 
-Wall time runs from the request to the last model-ready chunk; imports happen before the clock
-starts. CPU time is user+sys of the path's process and of its (waited-for) children, i.e. the
-ffmpeg processes. Peak RSS (tree) is the largest sum of RSS over the path's process and all its
-descendants, sampled every ~10 ms from this process; Python's own ru_maxrss is reported too.
-Reported numbers are medians over --repeat runs (the paths alternate within each round).
+Wall time runs from the request to the last model-ready chunk; imports (and naive's one-time
+librosa warm-up) happen before the clock starts. CPU time is user+sys of the path's process
+and of its waited-for children (the ffmpeg processes). Peak RSS (tree) is the largest sum of
+RSS over the path's process and all its descendants while the clock runs, sampled every ~10 ms
+from this process; the Python process's own ru_maxrss is reported too. Numbers are medians
+over --repeat rounds; the paths alternate within each round, each run waits for a quiet
+machine and is run again if other processes used CPU meanwhile.
 
-Correctness is checked in the same run: the chunks tile the decoded audio exactly, and the
-parallel decode equals the single-process decode (compared in one extra, untimed process and
-by a digest of every timed run's samples).
+Correctness is checked in the same run: the chunks tile the decoded audio exactly, every run
+of our rows decodes the same samples (SHA-256), and the parallel decode equals the
+single-process decode sample for sample (one extra, untimed process).
 
     .venv/bin/python bench/ingest.py --minutes 60 --repeat 3
 
@@ -168,11 +174,14 @@ def make_mp3(minutes: float) -> Path:
                  f"atrim=duration={d}[rm];"
                  "[lm][rm]join=inputs=2:channel_layout=stereo[out]")
         partial = work / "out.mp3"
+
+        def noise(seed: int) -> str:
+            return f"anoisesrc=color=pink:amplitude=0.01:seed={seed}:sample_rate=44100:duration={d}"
+
         subprocess.run(
             ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
              "-i", str(speech),
-             "-f", "lavfi", "-i", f"anoisesrc=color=pink:amplitude=0.01:seed=11:sample_rate=44100:duration={d}",
-             "-f", "lavfi", "-i", f"anoisesrc=color=pink:amplitude=0.01:seed=23:sample_rate=44100:duration={d}",
+             "-f", "lavfi", "-i", noise(11), "-f", "lavfi", "-i", noise(23),
              "-filter_complex", graph, "-map", "[out]",
              "-c:a", "libmp3lame", "-b:a", "128k", "-ar", "44100", "-ac", "2", str(partial)],
             check=True)
@@ -305,9 +314,20 @@ def apply_proposed_fix() -> None:
 
     def ffmpeg_args(path, start, length):
         args = original(path, start, length)
+        if "-flush_packets" in args:  # src/ has it already
+            return args
         return args[:-1] + PROPOSED_FLAG + args[-1:]  # output options go before "pipe:1"
 
     decode_mod._ffmpeg_args = ffmpeg_args
+
+
+# The second proposed change: the sample buffer on ordinary 4 KiB pages. numpy madvises
+# MADV_HUGEPAGE on every large array; where the kernel's THP defrag setting is "madvise" (the
+# usual default), first-touching those pages may compact memory synchronously: up to 0.6 s of
+# system time for an hour's 230 MB buffer in a fresh process here, against a steady 0.1 s with
+# 4 KiB pages (numpy/numpy#31590 describes the stall). numpy's documented switch is the environment
+# variable NUMPY_MADVISE_HUGEPAGE=0, read at import; the child process gets it from run_child.
+SMALL_PAGES_ENV = {"NUMPY_MADVISE_HUGEPAGE": "0"}
 
 
 def child_ours(url: str, workers: int, proposed: bool = False) -> dict:
@@ -351,6 +371,48 @@ def child_ours(url: str, workers: int, proposed: bool = False) -> dict:
         "header_duration": info.duration,
         "sha256": hashlib.sha256(memoryview(samples)).hexdigest(),  # no copy
         **_tiling(chunks, samples),
+    }
+
+
+def child_floor(url: str, workers: int) -> dict:
+    """Lower bound, not a path: the decode's ffmpeg processes alone, output to /dev/null.
+
+    The file is downloaded and probed before the clock starts; the same pieces and the same
+    ffmpeg arguments as decode() (plus -flush_packets 0) run concurrently and nothing reads
+    their samples.
+    """
+    sys.path.insert(0, str(SRC))
+    from qwen_worker import decode as decode_mod
+    from qwen_worker.download import DownloadPolicy, allow_loopback_for_local_testing, fetch_url
+
+    apply_proposed_fix()
+    allow_loopback_for_local_testing()
+    job_dir = Path(tempfile.mkdtemp(prefix="ingest-floor-"))
+    try:
+        path = fetch_url(url, job_dir, DownloadPolicy(max_bytes=MAX_DOWNLOAD_BYTES))
+        info = decode_mod.probe(path)
+        rate = decode_mod.SAMPLE_RATE
+        bounds = decode_mod._plan_pieces(int(round(info.duration * rate)), workers)
+        rss0 = _own_rss_mb()
+        _phase("run")
+        cpu0, kcpu0, t0 = _usage()
+        procs = []
+        for k in range(len(bounds) - 1):
+            start, end = bounds[k], bounds[k + 1]
+            length = None if k == len(bounds) - 2 else (end - start) / rate
+            procs.append(subprocess.Popen(decode_mod._ffmpeg_args(path, start / rate, length),
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        codes = [p.wait() for p in procs]
+        cpu1, kcpu1, t1 = _usage()
+        _phase("done")
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+    assert not any(codes), f"ffmpeg failed: {codes}"
+    maxrss, kid_maxrss = _maxrss_mb()
+    return {
+        "wall": t1 - t0, "cpu": (cpu1 - cpu0) + (kcpu1 - kcpu0), "cpu_self": cpu1 - cpu0,
+        "cpu_children": kcpu1 - kcpu0, "maxrss_mb": maxrss, "child_maxrss_mb": kid_maxrss,
+        "rss_after_imports_mb": rss0, "stages": {"ffmpeg pieces": t1 - t0},
     }
 
 
@@ -450,10 +512,12 @@ def child_main(args: argparse.Namespace) -> None:
     global _PHASE_FILE
     _loopback_only()
     _PHASE_FILE = Path(args.result + ".phase")
-    if args.child in ("ours", "proposed"):
-        result = child_ours(args.url, args.workers, proposed=args.child == "proposed")
+    if args.child in ("ours", "proposed", "proposed-4k"):
+        result = child_ours(args.url, args.workers, proposed=args.child != "ours")
     elif args.child == "naive":
         result = child_naive(args.url)
+    elif args.child == "floor":
+        result = child_floor(args.url, args.workers)
     else:
         result = child_check(args.url, args.workers)
     Path(args.result).write_text(json.dumps(result))
@@ -499,10 +563,13 @@ def run_child(kind: str, url: str, workers: int, sample: bool = True) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False, dir=OUT) as f:
         result_path = Path(f.name)
     env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    if kind == "proposed-4k":
+        env.update(SMALL_PAGES_ENV)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--url", url,
            "--workers", str(workers), "--result", str(result_path)]
     busy0 = _busy_cpu_s()
-    ours0 = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    who_all = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    ours0 = [resource.getrusage(who) for who in who_all]
     born = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     root = psutil.Process(proc.pid)
@@ -539,8 +606,9 @@ def run_child(kind: str, url: str, workers: int, sample: bool = True) -> dict:
             raise RuntimeError(f"{kind} run failed with exit status {proc.returncode}")
         result = json.loads(result_path.read_text())
         busy1 = _busy_cpu_s()
-        ours1 = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-        mine = sum((b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime) for a, b in zip(ours0, ours1))
+        ours1 = [resource.getrusage(who) for who in who_all]
+        mine = sum((b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime)
+                   for a, b in zip(ours0, ours1))
         # CPU the machine spent on anything but this benchmark while the path ran: noise.
         result["foreign_cpu_s"] = max(0.0, (busy1 - busy0) - mine)
         result["foreign_cores"] = result["foreign_cpu_s"] / (time.perf_counter() - born)
@@ -571,7 +639,8 @@ def _cpu_model() -> str:
 
 
 def _verdict(m: dict, naive_wall: float | None) -> tuple[bool, str]:
-    parts = [f"wall {m['wall']:.2f} s {'<=' if m['wall'] <= TARGET_WALL_S else '>'} {TARGET_WALL_S} s",
+    parts = [f"wall {m['wall']:.2f} s {'<=' if m['wall'] <= TARGET_WALL_S else '>'} "
+             f"{TARGET_WALL_S} s",
              f"peak RSS (tree) {m['tree_peak_rss_mb']:.0f} MB "
              f"{'<=' if m['tree_peak_rss_mb'] <= TARGET_RSS_MB else '>'} {TARGET_RSS_MB:.0f} MB"]
     met = m["wall"] <= TARGET_WALL_S and m["tree_peak_rss_mb"] <= TARGET_RSS_MB
@@ -602,9 +671,12 @@ def main() -> None:
                          "average is run again")
     ap.add_argument("--retries", type=int, default=4, help="re-runs allowed per noisy run")
     ap.add_argument("--json", type=Path, default=OUT / "ingest.json", help="raw results")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="leave out the lower-bound row (the decode's ffmpeg processes alone)")
     ap.add_argument("--no-proposed", action="store_true",
                     help="leave out the row with the proposed src/ fix (-flush_packets 0)")
-    ap.add_argument("--child", choices=["ours", "proposed", "naive", "check"],
+    ap.add_argument("--child",
+                    choices=["ours", "proposed", "proposed-4k", "floor", "naive", "check"],
                     help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -623,9 +695,16 @@ def main() -> None:
     paths = [(f"ours (workers={args.workers})", "ours", args.workers)]
     if args.workers != 1:
         paths.append(("ours (workers=1)", "ours", 1))
-    if not args.no_proposed and not proposed_fix_in_src():
-        paths.append((f"ours + `-flush_packets 0` (proposed, workers={args.workers})", "proposed",
-                      args.workers))
+    if not args.no_proposed:
+        flush_in_src = proposed_fix_in_src()
+        if not flush_in_src:
+            paths.append((f"ours + `-flush_packets 0` (proposed, workers={args.workers})",
+                          "proposed", args.workers))
+        paths.append((f"ours{'' if flush_in_src else ' + `-flush_packets 0`'} + 4 KiB pages "
+                      f"(proposed, workers={args.workers})", "proposed-4k", args.workers))
+    if not args.no_floor:
+        paths.append((f"floor: {args.workers} bare ffmpeg processes to /dev/null (decode only)",
+                      "floor", args.workers))
     if not args.skip_naive:
         paths.append(("naive (pydub + WAV + librosa)", "naive", 1))
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in paths}
@@ -637,7 +716,8 @@ def main() -> None:
                     res = run_child(kind, url, workers)
                     res["busy_before"] = busy
                     clean = res["foreign_cores"] <= args.max_foreign
-                    print(f"  round {r + 1}: {label}: {res['wall']:.2f} s wall, {res['cpu']:.2f} s CPU, "
+                    print(f"  round {r + 1}: {label}: {res['wall']:.2f} s wall, "
+                          f"{res['cpu']:.2f} s CPU, "
                           f"{res['tree_peak_rss_mb']:.0f} MB tree peak, other processes "
                           f"{res['foreign_cores']:.2f} cores meanwhile"
                           + ("" if clean else " (noisy: " + ("run again)" if attempt < args.retries
@@ -651,79 +731,91 @@ def main() -> None:
         server.shutdown()
         server.server_close()
 
-    med = {label: {k: statistics.median(r[k] for r in rs)
-                   for k in ("wall", "cpu", "tree_peak_rss_mb", "maxrss_mb", "rss_after_imports_mb",
-                             "tree_lifetime_peak_rss_mb", "cpu_self", "cpu_children")}
+    keys = ("wall", "cpu", "cpu_self", "cpu_children", "tree_peak_rss_mb", "maxrss_mb",
+            "rss_after_imports_mb", "tree_lifetime_peak_rss_mb")
+    med = {label: {k: statistics.median(r[k] for r in rs) for k in keys}
            for label, rs in runs.items()}
+    kinds = {label: kind for label, kind, _ in paths}
     naive_label = next((label for label, kind, _ in paths if kind == "naive"), None)
     naive_wall = med[naive_label]["wall"] if naive_label else None
+    size_mb = mp3.stat().st_size / MB
 
     print()
-    print(f"{args.minutes:g}-minute 128 kbps stereo 44.1 kHz MP3 ({mp3.stat().st_size / MB:.1f} MB) "
-          f"from loopback to model-ready 16 kHz chunks; median of {args.repeat} "
-          f"run{'s' if args.repeat != 1 else ''}, {cores} cores:")
+    print(f"{args.minutes:g}-minute 128 kbps stereo 44.1 kHz MP3 ({size_mb:.1f} MB) from loopback "
+          f"to model-ready 16 kHz chunks; median of {args.repeat} run"
+          f"{'s' if args.repeat != 1 else ''}, {cores} cores:")
     print()
-    print("| path | wall s | CPU s | peak RSS MB (tree) | peak RSS MB (Python) | speed-up vs naive |")
+    print("| path | wall s | CPU s | peak RSS MB (tree) | peak RSS MB (Python) "
+          "| speed-up vs naive |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, m in med.items():
         speed = f"{naive_wall / m['wall']:.1f}x" if naive_wall else "-"
+        if kinds[label] == "floor":
+            speed = f"({speed}, not model-ready)"
         print(f"| {label} | {m['wall']:.2f} | {m['cpu']:.2f} | {m['tree_peak_rss_mb']:.0f} "
               f"| {m['maxrss_mb']:.0f} | {speed} |")
     print()
-    print("Where the wall time goes (median seconds per stage):")
+    print("Where the time goes (medians; CPU split into the Python process and its ffmpeg "
+          "children; RSS of the Python process after imports):")
     print()
     for label, rs in runs.items():
+        m = med[label]
         stages = {k: statistics.median(r["stages"][k] for r in rs) for k in rs[0]["stages"]}
-        print(f"- {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-              + f"; CPU {med[label]['cpu_self']:.2f} s in Python + {med[label]['cpu_children']:.2f} s "
-              f"in ffmpeg; RSS after imports {med[label]['rss_after_imports_mb']:.0f} MB, tree peak "
-              f"over the process's whole life {med[label]['tree_lifetime_peak_rss_mb']:.0f} MB")
+        print(f"- {label}: " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
+              + f"; CPU {m['cpu_self']:.2f} s Python + {m['cpu_children']:.2f} s ffmpeg; "
+              f"{m['rss_after_imports_mb']:.0f} MB after imports, tree peak over the whole "
+              f"process life {m['tree_lifetime_peak_rss_mb']:.0f} MB")
     print()
 
     foreign = max(r["foreign_cores"] for rs in runs.values() for r in rs)
-    print(f"noise: other processes on the machine used at most {foreign:.2f} cores on average "
-          f"during a kept run (each run waited for a quiet machine; runs above "
-          f"{args.max_foreign:.2f} cores were run again)")
-    print()
-    ours_runs = [r for label, kind, _ in paths if kind in ("ours", "proposed") for r in runs[label]]
+    print(f"noise: other processes used at most {foreign:.2f} cores on average during a kept run "
+          f"(each run waits for a quiet machine; runs above {args.max_foreign:.2f} are run again)")
+    ours_runs = [r for label, kind, _ in paths if kind not in ("naive", "floor")
+                 for r in runs[label]]
     digests = {r["sha256"] for r in ours_runs}
     tiles = all(r["tiles"] for r in ours_runs)
     first = ours_runs[0]
-    print(f"correctness: our chunks tile the audio exactly in every run: {'yes' if tiles else 'NO'} "
-          f"({first['chunks']} chunks, {first['samples']} samples = {first['seconds']:.3f} s, "
-          f"header {first['header_duration']:.3f} s, chunks {first['shortest_chunk_s']:.1f}-"
-          f"{first['longest_chunk_s']:.1f} s, each a view of the one buffer)")
-    print(f"correctness: every timed run of ours (all rows above, workers=1 and "
+    print(f"correctness: our chunks tile the audio exactly in every run: "
+          f"{'yes' if tiles else 'NO'} ({first['chunks']} chunks, {first['samples']} samples = "
+          f"{first['seconds']:.3f} s, header says {first['header_duration']:.3f} s; chunks "
+          f"{first['shortest_chunk_s']:.1f}-{first['longest_chunk_s']:.1f} s, each a view of "
+          f"the one buffer)")
+    print(f"correctness: every timed run of ours (all our rows, workers=1 and "
           f"workers={args.workers}) decoded identical samples (one SHA-256 digest): "
           f"{'yes' if len(digests) == 1 else 'NO'}")
     if check.get("equal"):
         print(f"correctness: parallel decode (workers={args.workers}, joints at samples "
-              f"{check['joints']}) == single-process decode: np.array_equal True, max abs diff 0")
+              f"{check['joints']}) == single-process decode: np.array_equal True, "
+              f"max abs diff 0")
     else:
-        print(f"correctness: parallel decode differs from single-process decode: "
-              f"sizes {check['parallel_samples']} vs {check['single_samples']}, "
-              f"differing samples {check.get('differing_samples')}, max abs diff "
-              f"{check.get('max_abs_diff')}, differing more than 10 ms from a joint "
-              f"{check.get('differing_away_from_joints')}")
+        print(f"correctness: parallel decode differs from single-process decode: sizes "
+              f"{check['parallel_samples']} vs {check['single_samples']}, differing samples "
+              f"{check.get('differing_samples')}, max abs diff {check.get('max_abs_diff')}, "
+              f"differing more than 10 ms from a joint {check.get('differing_away_from_joints')}")
     if naive_label:
         n = runs[naive_label][0]
-        print(f"sanity: naive made {n['chunks']} chunks, {n['samples']} samples = {n['seconds']:.3f} s "
-              f"({n['dtype']}); test audio RMS {check['rms']:.3f} (not silence)")
         warm = statistics.median(r["warm_up_s"] for r in runs[naive_label])
-        print(f"note: naive's one-time start-up (librosa's lazy imports and numba code on the first "
-              f"load, {warm:.2f} s in a fresh process) is kept off its clock, like imports")
+        print(f"sanity: naive made {n['chunks']} chunks, {n['samples']} samples = "
+              f"{n['seconds']:.3f} s ({n['dtype']}); test audio RMS {check['rms']:.3f} "
+              f"(not silence)")
+        print(f"note: naive's one-time start-up (librosa's lazy imports and numba code on the "
+              f"first load, {warm:.2f} s in a fresh process) is kept off its clock, like imports")
 
     correct = tiles and len(digests) == 1 and bool(check.get("equal"))
     for label, kind, _ in paths:
-        if kind in ("ours", "proposed") and (label == paths[0][0] or kind == "proposed"):
+        if label == paths[0][0] or kind.startswith("proposed"):
             met, verdict = _verdict(med[label], naive_wall)
             print(f"target (<= {TARGET_WALL_S} s wall, <= {TARGET_RSS_MB:.0f} MB peak RSS, >= "
                   f"{TARGET_SPEEDUP:.0f}x naive) for {label}: {'MET' if met else 'NOT MET'} "
-                  f"({verdict}){'' if correct else '; CORRECTNESS CHECK FAILED'}")
+                  f"({verdict})")
+    if not correct:
+        print("CORRECTNESS CHECK FAILED")
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"input": mp3.name, "cores": cores, "runs": runs,
                                      "check": check}, indent=1))
+    if not correct:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ ffmpeg processes over time ranges, each writing into its own slice of that buffe
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import re
 import shutil
 import subprocess
@@ -136,8 +137,10 @@ def _ffmpeg_args(path: Path, start: float, length: float | None) -> list[str]:
         args += ["-i", str(path)]
     if length is not None:
         args += ["-t", f"{length:.6f}"]
+    # -flush_packets 0: ffmpeg otherwise flushes the pipe after every ~1.7 KB packet, waking
+    # the reader ~125,000 times per audio hour (measured ~1.3 s of CPU per hour).
     args += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE),
-             "-f", "f32le", "pipe:1"]
+             "-flush_packets", "0", "-f", "f32le", "pipe:1"]
     return args
 
 
@@ -216,9 +219,18 @@ class _TooManySamples(Exception):
     pass
 
 
+def _buffer(size: int) -> np.ndarray:
+    """An uninitialised float32 buffer on anonymous memory with ordinary pages.
+
+    numpy asks for transparent huge pages on large arrays; on hosts that defragment memory on
+    demand, the first writes into a fresh 230 MB buffer then stall in the kernel (measured
+    0.6 s of system time per audio hour, against 0.1 s with ordinary pages).
+    """
+    return np.frombuffer(mmap.mmap(-1, max(size, 1) * BYTES_PER_SAMPLE), dtype=np.float32)
+
+
 def _grow(buf: np.ndarray, size: int) -> np.ndarray:
-    # np.resize would repeat the data; a fresh buffer keeps the tail uninitialised (it is overwritten).
-    bigger = np.empty(size, dtype=np.float32)
+    bigger = _buffer(size)
     bigger[: buf.size] = buf
     return bigger
 
@@ -293,7 +305,7 @@ def decode(path: Path, *, max_seconds: float, workers: int = 1, info: AudioInfo 
 def _decode_single(path: Path, duration: float | None, limit: int, timeout_s: float,
                    max_seconds: float) -> np.ndarray:
     expected = int((duration if duration is not None else 60.0) * SAMPLE_RATE) + SAMPLE_RATE
-    buf = np.empty(min(expected, limit), dtype=np.float32)
+    buf = _buffer(min(expected, limit))
     # -t stops ffmpeg itself just past the limit when the container understates the length.
     args = _ffmpeg_args(path, 0.0, max_seconds + 1.0)
     try:
@@ -319,7 +331,7 @@ def _decode_parallel(path: Path, duration: float, workers: int, limit: int,
         return None
     # The last piece reads to the end of the stream, whose true length may differ from the header.
     slack = SAMPLE_RATE * 5
-    buf = np.empty(min(total + slack, limit), dtype=np.float32)
+    buf = _buffer(min(total + slack, limit))
     heads = {k: np.empty(JOINT_CHECK_SAMPLES, np.float32) for k in range(1, len(bounds) - 1)}
 
     def run_piece(k: int) -> int:
