@@ -7,8 +7,6 @@ Each path runs in its own fresh Python process, so CPU time and peak memory belo
   ours        fetch_url (runpod's SSRF guard, loopback allowed) -> probe -> decode(workers=N)
               -> chunking.split(samples, 270): chunks are views of one float32 16 kHz buffer
   ours (1)    the same with workers=1: one ffmpeg process, the single-process baseline
-  proposed    ours with the src/ changes this benchmark proposes, patched into the child
-              process only: ffmpeg's -flush_packets 0, then also NUMPY_MADVISE_HUGEPAGE=0
   floor       the decode's ffmpeg processes alone writing to /dev/null, file already local:
               a lower bound on this machine at this moment, not a path
   naive       requests.get -> pydub AudioSegment.from_file -> export every 270 s slice as WAV
@@ -289,48 +287,7 @@ def _tiling(chunks, samples) -> dict:
             "shortest_chunk_s": min(c.duration for c in chunks)}
 
 
-PROPOSED_FLAG = ["-flush_packets", "0"]
-
-
-def proposed_fix_in_src() -> bool:
-    """Whether src/ already passes -flush_packets 0 (then the "proposed" row is redundant)."""
-    sys.path.insert(0, str(SRC))
-    from qwen_worker import decode as decode_mod
-
-    args = decode_mod._ffmpeg_args(Path("x"), 0.0, None)
-    return any(a == "-flush_packets" for a in args)
-
-
-def apply_proposed_fix() -> None:
-    """The src/ change this benchmark proposes, applied in this process only (src/ untouched).
-
-    For a pipe, ffmpeg flushes its output after every packet by default: one ~1.7 KB write per
-    MP3 frame, so the reading thread wakes ~125 000 times per hour of audio. With
-    -flush_packets 0 it writes whole 32 KB I/O buffers; the samples are bit-identical.
-    """
-    from qwen_worker import decode as decode_mod
-
-    original = decode_mod._ffmpeg_args
-
-    def ffmpeg_args(path, start, length):
-        args = original(path, start, length)
-        if "-flush_packets" in args:  # src/ has it already
-            return args
-        return args[:-1] + PROPOSED_FLAG + args[-1:]  # output options go before "pipe:1"
-
-    decode_mod._ffmpeg_args = ffmpeg_args
-
-
-# The second proposed change: the sample buffer on ordinary 4 KiB pages. numpy madvises
-# MADV_HUGEPAGE on every large array; where the kernel's THP defrag setting is "madvise" (the
-# usual default), first-touching those pages may compact memory synchronously: up to 0.6 s of
-# system time for an hour's 230 MB buffer in a fresh process here, against a steady 0.1 s with
-# 4 KiB pages (numpy/numpy#31590 describes the stall). numpy's documented switch is the environment
-# variable NUMPY_MADVISE_HUGEPAGE=0, read at import; the child process gets it from run_child.
-SMALL_PAGES_ENV = {"NUMPY_MADVISE_HUGEPAGE": "0"}
-
-
-def child_ours(url: str, workers: int, proposed: bool = False) -> dict:
+def child_ours(url: str, workers: int) -> dict:
     sys.path.insert(0, str(SRC))
     import hashlib
 
@@ -340,8 +297,6 @@ def child_ours(url: str, workers: int, proposed: bool = False) -> dict:
     from qwen_worker.decode import decode, ffmpeg_binary, probe
     from qwen_worker.download import DownloadPolicy, allow_loopback_for_local_testing, fetch_url
 
-    if proposed:
-        apply_proposed_fix()
     allow_loopback_for_local_testing()
     ffmpeg_binary()  # PATH lookup, cached: part of start-up, not of a request
     policy = DownloadPolicy(max_bytes=MAX_DOWNLOAD_BYTES)
@@ -378,14 +333,13 @@ def child_floor(url: str, workers: int) -> dict:
     """Lower bound, not a path: the decode's ffmpeg processes alone, output to /dev/null.
 
     The file is downloaded and probed before the clock starts; the same pieces and the same
-    ffmpeg arguments as decode() (plus -flush_packets 0) run concurrently and nothing reads
+    ffmpeg arguments as decode() run concurrently and nothing reads
     their samples.
     """
     sys.path.insert(0, str(SRC))
     from qwen_worker import decode as decode_mod
     from qwen_worker.download import DownloadPolicy, allow_loopback_for_local_testing, fetch_url
 
-    apply_proposed_fix()
     allow_loopback_for_local_testing()
     job_dir = Path(tempfile.mkdtemp(prefix="ingest-floor-"))
     try:
@@ -512,8 +466,8 @@ def child_main(args: argparse.Namespace) -> None:
     global _PHASE_FILE
     _loopback_only()
     _PHASE_FILE = Path(args.result + ".phase")
-    if args.child in ("ours", "proposed", "proposed-4k"):
-        result = child_ours(args.url, args.workers, proposed=args.child != "ours")
+    if args.child == "ours":
+        result = child_ours(args.url, args.workers)
     elif args.child == "naive":
         result = child_naive(args.url)
     elif args.child == "floor":
@@ -563,8 +517,6 @@ def run_child(kind: str, url: str, workers: int, sample: bool = True) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False, dir=OUT) as f:
         result_path = Path(f.name)
     env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    if kind == "proposed-4k":
-        env.update(SMALL_PAGES_ENV)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--url", url,
            "--workers", str(workers), "--result", str(result_path)]
     busy0 = _busy_cpu_s()
@@ -673,10 +625,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=OUT / "ingest.json", help="raw results")
     ap.add_argument("--no-floor", action="store_true",
                     help="leave out the lower-bound row (the decode's ffmpeg processes alone)")
-    ap.add_argument("--no-proposed", action="store_true",
-                    help="leave out the row with the proposed src/ fix (-flush_packets 0)")
     ap.add_argument("--child",
-                    choices=["ours", "proposed", "proposed-4k", "floor", "naive", "check"],
+                    choices=["ours", "floor", "naive", "check"],
                     help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -695,13 +645,6 @@ def main() -> None:
     paths = [(f"ours (workers={args.workers})", "ours", args.workers)]
     if args.workers != 1:
         paths.append(("ours (workers=1)", "ours", 1))
-    if not args.no_proposed:
-        flush_in_src = proposed_fix_in_src()
-        if not flush_in_src:
-            paths.append((f"ours + `-flush_packets 0` (proposed, workers={args.workers})",
-                          "proposed", args.workers))
-        paths.append((f"ours{'' if flush_in_src else ' + `-flush_packets 0`'} + 4 KiB pages "
-                      f"(proposed, workers={args.workers})", "proposed-4k", args.workers))
     if not args.no_floor:
         paths.append((f"floor: {args.workers} bare ffmpeg processes to /dev/null (decode only)",
                       "floor", args.workers))
@@ -802,12 +745,10 @@ def main() -> None:
               f"first load, {warm:.2f} s in a fresh process) is kept off its clock, like imports")
 
     correct = tiles and len(digests) == 1 and bool(check.get("equal"))
-    for label, kind, _ in paths:
-        if label == paths[0][0] or kind.startswith("proposed"):
-            met, verdict = _verdict(med[label], naive_wall)
-            print(f"target (<= {TARGET_WALL_S} s wall, <= {TARGET_RSS_MB:.0f} MB peak RSS, >= "
-                  f"{TARGET_SPEEDUP:.0f}x naive) for {label}: {'MET' if met else 'NOT MET'} "
-                  f"({verdict})")
+    label = paths[0][0]
+    met, verdict = _verdict(med[label], naive_wall)
+    print(f"target (<= {TARGET_WALL_S} s wall, <= {TARGET_RSS_MB:.0f} MB peak RSS, >= "
+          f"{TARGET_SPEEDUP:.0f}x naive) for {label}: {'MET' if met else 'NOT MET'} ({verdict})")
     if not correct:
         print("CORRECTNESS CHECK FAILED")
 

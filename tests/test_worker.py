@@ -4,14 +4,13 @@ real ffmpeg and the real qwen-asr code running tiny generated models."""
 from __future__ import annotations
 
 import base64
-import json
 
 import pytest
 
 import media
 from models import ENGLISH, ENGLISH_WORDS
 from qwen_worker.errors import ErrorCode
-from worker_server import WorkerServer, run_test_input, worker_env
+from worker_server import run_test_input, worker_env
 
 EXPECTED_KEYS = {"text", "language", "languages", "duration", "words", "segments", "chunks",
                  "warnings", "model", "timings", "rtf"}
