@@ -322,8 +322,8 @@ def _decode_parallel(path: Path, duration: float, workers: int, limit: int,
     """Decode equal time ranges concurrently into one buffer; None if the pieces do not tile.
 
     Each piece after the first also decodes a short overlap before its start, which must equal
-    the end of the previous piece: a container whose seeking is not sample-exact (VBR MP3
-    without a usable index, raw AAC) fails this check and falls back to one process.
+    the end of the previous piece: a file whose seeking is not sample-exact (such as a VBR MP3
+    without a Xing index) fails this check and falls back to one process.
     """
     total = int(round(duration * SAMPLE_RATE))
     bounds = _plan_pieces(total, workers)

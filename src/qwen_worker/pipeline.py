@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ class Timings:
     decode: float = 0.0
     asr: float = 0.0
     align: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def transcribe_file(path: Path, options: Options, engine: Engine, *, max_audio_seconds: float,
