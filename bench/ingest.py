@@ -32,6 +32,7 @@ Only loopback is ever connected to (every child process refuses other addresses)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -329,6 +330,22 @@ def child_ours(url: str, workers: int) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _local_copy(url: str, prefix: str):
+    """Untimed set-up for the floor and check children: download and probe, removed after."""
+    sys.path.insert(0, str(SRC))
+    from qwen_worker.decode import probe
+    from qwen_worker.download import DownloadPolicy, allow_loopback_for_local_testing, fetch_url
+
+    allow_loopback_for_local_testing()
+    job_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        path = fetch_url(url, job_dir, DownloadPolicy(max_bytes=MAX_DOWNLOAD_BYTES))
+        yield path, probe(path)
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
 def child_floor(url: str, workers: int) -> dict:
     """Lower bound, not a path: the decode's ffmpeg processes alone, output to /dev/null.
 
@@ -338,13 +355,8 @@ def child_floor(url: str, workers: int) -> dict:
     """
     sys.path.insert(0, str(SRC))
     from qwen_worker import decode as decode_mod
-    from qwen_worker.download import DownloadPolicy, allow_loopback_for_local_testing, fetch_url
 
-    allow_loopback_for_local_testing()
-    job_dir = Path(tempfile.mkdtemp(prefix="ingest-floor-"))
-    try:
-        path = fetch_url(url, job_dir, DownloadPolicy(max_bytes=MAX_DOWNLOAD_BYTES))
-        info = decode_mod.probe(path)
+    with _local_copy(url, "ingest-floor-") as (path, info):
         rate = decode_mod.SAMPLE_RATE
         bounds = decode_mod._plan_pieces(int(round(info.duration * rate)), workers)
         rss0 = _own_rss_mb()
@@ -359,8 +371,6 @@ def child_floor(url: str, workers: int) -> dict:
         codes = [p.wait() for p in procs]
         cpu1, kcpu1, t1 = _usage()
         _phase("done")
-    finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
     assert not any(codes), f"ffmpeg failed: {codes}"
     maxrss, kid_maxrss = _maxrss_mb()
     return {
@@ -429,17 +439,10 @@ def child_check(url: str, workers: int) -> dict:
     import numpy as np
 
     from qwen_worker import chunking, decode as decode_mod
-    from qwen_worker.download import DownloadPolicy, allow_loopback_for_local_testing, fetch_url
 
-    allow_loopback_for_local_testing()
-    job_dir = Path(tempfile.mkdtemp(prefix="ingest-check-"))
-    try:
-        path = fetch_url(url, job_dir, DownloadPolicy(max_bytes=MAX_DOWNLOAD_BYTES))
-        info = decode_mod.probe(path)
+    with _local_copy(url, "ingest-check-") as (path, info):
         one = decode_mod.decode(path, max_seconds=MAX_AUDIO_SECONDS, workers=1, info=info)
         par = decode_mod.decode(path, max_seconds=MAX_AUDIO_SECONDS, workers=workers, info=info)
-    finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
     result: dict = {"single_samples": int(one.size), "parallel_samples": int(par.size),
                     "header_duration": info.duration, "rms": float(np.sqrt(np.mean(
                         one.astype(np.float64) ** 2)))}

@@ -93,9 +93,9 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def default_backend() -> str:
+def default_backend(cuda: bool) -> str:
     """vLLM when it is installed and a GPU is present, else the transformers backend."""
-    if importlib.util.find_spec("vllm") is not None and _cuda_available():
+    if cuda and importlib.util.find_spec("vllm") is not None:
         return "vllm"
     return "transformers"
 
@@ -116,10 +116,11 @@ def _usable_cores() -> int:
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
-    backend = env.get("ASR_BACKEND", "").strip().lower() or default_backend()
+    cuda = _cuda_available()
+    backend = env.get("ASR_BACKEND", "").strip().lower() or default_backend(cuda)
     if backend not in ("vllm", "transformers"):
         raise ConfigError(f"ASR_BACKEND must be vllm or transformers, got {backend!r}")
-    device = env.get("ASR_DEVICE", "").strip().lower() or ("cuda" if _cuda_available() else "cpu")
+    device = env.get("ASR_DEVICE", "").strip().lower() or ("cuda" if cuda else "cpu")
     if device not in ("cuda", "cpu"):
         raise ConfigError(f"ASR_DEVICE must be cuda or cpu, got {device!r}")
     dtype = env.get("ASR_DTYPE", "").strip().lower() or ("bfloat16" if device == "cuda" else "float32")

@@ -84,6 +84,3 @@ def normalize_language(value: str | None) -> str | None:
 def is_unspaced(language: str) -> bool:
     return language in UNSPACED_LANGUAGES
 
-
-def aligner_supports(language: str, aligner_languages: frozenset[str] = ALIGNER_LANGUAGES) -> bool:
-    return language in aligner_languages

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +63,7 @@ class Request:
 def parse_request(job_input: Any, max_context_chars: int) -> Request:
     if not isinstance(job_input, dict):
         raise WorkerError(ErrorCode.INVALID_INPUT, "input must be a JSON object")
-    result = validate(job_input, copy.deepcopy(_schema(max_context_chars)))
+    result = validate(job_input, _schema(max_context_chars))  # a fresh schema: validate() mutates it
     if "errors" in result:
         raise WorkerError(ErrorCode.INVALID_INPUT, _explain(result["errors"], max_context_chars))
     v = result["validated_input"]
