@@ -4,11 +4,8 @@ Full-size Qwen3-ASR-0.6B and Qwen3-ForcedAligner-0.6B ARCHITECTURES (configs fro
 config.json, see shared notes qwen-asr.md) with RANDOM weights: nothing is downloaded. The
 model dirs (config, random bf16 safetensors, a small byte-level BPE tokenizer with the real
 special-token ids and vocabulary sizes 151936 / 152064, processor files) are written locally,
-then loaded the normal way through qwen-asr's transformers backend:
-
-    Qwen3ASRModel.from_pretrained(asr, dtype=bf16, device_map="cuda:0", forced_aligner=aligner,
-                                  forced_aligner_kwargs={dtype: bf16, device_map: "cuda:0"},
-                                  max_new_tokens=900)
+then loaded through the worker's own `load_engine` (transformers backend, bf16, and the
+process-wide torch settings the worker applies, such as cuDNN attention off on CUDA).
 
 Input: 1 hour of 16 kHz noise, cut by our `chunking.split(samples, 270)` (14 chunks); aligner
 texts are ~700 random English words per chunk (each word is one token of the small tokenizer,
@@ -29,13 +26,13 @@ logits is positive. The number of generated tokens is read from `generate`'s out
 
 Other modes (instead of the comparison): --diagnose (ms per decode step at batch 14 and 1,
 torch.profiler tables), --probe-sdpa (decoding with PyTorch's cuDNN attention backend on, for
-new and already-seen sequence lengths, and off). --no-cudnn-sdp turns that backend off for the
-whole run. Results and their reading: bench/GPU_RESULTS.md.
+new and already-seen sequence lengths, and off). Results and their reading: bench/GPU_RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -368,7 +365,7 @@ def probe_sdpa(model, engine, views, rec, peak_gib, reset_peak, max_new) -> dict
     run("b1_chunk2_no_cudnn", views[2:3], 300, False)
     run(f"b{n}_no_cudnn_full", views, max_new, False)
     run("b1_chunk3_no_cudnn_full", views[3:4], max_new, False)
-    torch.backends.cuda.enable_cudnn_sdp(True)
+    torch.backends.cuda.enable_cudnn_sdp(False)  # back to the worker's setting
     model.max_new_tokens = max_new
     return out
 
@@ -384,8 +381,7 @@ def main() -> int:
     ap.add_argument("--baseline-asr-chunks", type=int, default=2)
     ap.add_argument("--workdir", default="/tmp/qwen_gpu_bench")
     ap.add_argument("--json", default=None, help="write results here too")
-    ap.add_argument("--no-cudnn-sdp", action="store_true",
-                    help="torch.backends.cuda.enable_cudnn_sdp(False) for the whole run")
+    ap.add_argument("--asr-batch", type=int, default=32, help="ASR_BATCH_SIZE")
     ap.add_argument("--probe-sdpa", action="store_true",
                     help="instead of the comparison: decode with PyTorch's cuDNN attention "
                          "backend on (new vs already-seen sequence lengths) and off")
@@ -406,15 +402,13 @@ def main() -> int:
     import torch
     import transformers
     import qwen_asr  # noqa: F401
-    from qwen_asr import Qwen3ASRModel
 
     from qwen_worker import chunking
-    from qwen_worker.engine import QwenEngine
+    from qwen_worker.config import load_settings
+    from qwen_worker.engine import load_engine
     log(f"imports {time.perf_counter() - t0:.1f} s; nagisa: {nagisa_state}")
 
     cuda = torch.cuda.is_available() and not tiny
-    if args.no_cudnn_sdp:
-        torch.backends.cuda.enable_cudnn_sdp(False)
     device = "cuda:0" if cuda else "cpu"
     env = {
         "python": platform.python_version(),
@@ -425,8 +419,7 @@ def main() -> int:
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
         "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
         if cuda else None,
-        "attn": "sdpa (transformers default)"
-        + (", cuDNN SDPA backend off" if args.no_cudnn_sdp else ""),
+        "attn": "sdpa, as the worker sets it (load_engine -> configure_torch)",
         "nagisa": nagisa_state,
     }
     log(f"env {json.dumps(env)}")
@@ -456,25 +449,23 @@ def main() -> int:
     build_s = time.perf_counter() - t0
     log(f"built model dirs in {build_s:.1f} s: {counts}")
 
-    dtype = torch.bfloat16
+    # The worker's own load path, so the run measures the settings the worker runs with.
+    settings = load_settings({
+        "ASR_MODEL": str(asr_dir), "ALIGNER_MODEL": str(al_dir), "ASR_BACKEND": "transformers",
+        "ASR_DEVICE": "cuda" if cuda else "cpu", "ASR_DTYPE": "bfloat16",
+        "MAX_NEW_TOKENS": str(max_new), "ASR_BATCH_SIZE": str(args.asr_batch),
+        "ALIGNER_BATCH_SIZE": str(args.aligner_batch)})
     t0 = time.perf_counter()
-    model = Qwen3ASRModel.from_pretrained(
-        str(asr_dir), forced_aligner=str(al_dir),
-        forced_aligner_kwargs={"dtype": dtype, "device_map": device},
-        max_new_tokens=max_new, dtype=dtype, device_map=device,
-    )
+    engine = load_engine(settings)
+    model = engine._model
     load_s = time.perf_counter() - t0
     weights_gib = round(torch.cuda.memory_allocated() / 2**30, 2) if cuda else None
     log(f"loaded through qwen-asr in {load_s:.1f} s; weights on GPU {weights_gib} GiB; "
         f"backend {model.backend}, max_inference_batch_size {model.max_inference_batch_size}")
 
     rec = Recorder(model, sync)
-    engine = QwenEngine(model, backend="transformers", asr_model=str(asr_dir),
-                        aligner_model=str(al_dir), max_new_tokens=max_new,
-                        aligner_batch_size=args.aligner_batch)
-    engine_b1 = QwenEngine(model, backend="transformers", asr_model=str(asr_dir),
-                           aligner_model=str(al_dir), max_new_tokens=max_new,
-                           aligner_batch_size=1)
+    engine_b1 = copy.copy(engine)
+    engine_b1.aligner_batch_size = 1
 
     # --- input ---
     rng = np.random.default_rng(0)

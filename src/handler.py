@@ -2,6 +2,7 @@
 
     python src/handler.py --test_input '{"input": {"audio_url": "...", "language": "auto"}}'
     python src/handler.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+    python src/handler.py --self-test     # acceptance check of a built image on its GPU
 """
 
 from __future__ import annotations
@@ -9,25 +10,67 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qwen_worker.config import load_settings  # noqa: E402
+# qwen_worker first: its package init prepares the environment torch and vLLM read at import.
+from qwen_worker.config import ConfigError, Settings, load_settings  # noqa: E402
 from qwen_worker.download import allow_loopback_for_local_testing  # noqa: E402
-from qwen_worker.engine import load_engine  # noqa: E402
+from qwen_worker.engine import QwenEngine, load_engine  # noqa: E402
+from qwen_worker.model_files import StartupError  # noqa: E402
 from qwen_worker.worker import Worker  # noqa: E402
 
+log = logging.getLogger("handler")
 
-def main() -> None:
-    import runpod
 
-    settings = load_settings()
-    logging.basicConfig(level=settings.log_level,
+def start() -> tuple[Settings, QwenEngine]:
+    """Settings and models, or one log line saying what to change and exit status 1."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        log.error("start-up failed: %s", exc)
+        sys.exit(1)
+    # force: a library imported earlier may have configured the root logger already.
+    logging.basicConfig(level=settings.log_level, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.download_allow_loopback:
         allow_loopback_for_local_testing()
-    # Loaded once per worker process, before the first job; vLLM needs this under __main__.
-    worker = Worker(settings, load_engine(settings))
+    try:
+        # Loaded once per worker process, before the first job; vLLM needs this under __main__.
+        return settings, load_engine(settings)
+    except StartupError as exc:
+        log.error("start-up failed: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - the reason in one line; the traceback at DEBUG
+        log.debug("model loading failed", exc_info=True)
+        log.error("start-up failed: loading ASR_MODEL=%s / ALIGNER_MODEL=%s raised %s: %s",
+                  settings.asr_model, settings.aligner_model, type(exc).__name__,
+                  str(exc).splitlines()[0][:300] if str(exc) else "")
+    sys.exit(1)
+
+
+def main() -> None:
+    if "--self-test" in sys.argv[1:]:
+        from qwen_worker.selftest import run_self_test
+
+        t0 = time.perf_counter()
+        settings, engine = start()
+        sys.exit(run_self_test(settings, engine, time.perf_counter() - t0))
+
+    import runpod
+
+    from qwen_worker.selftest import warm_up
+
+    settings, engine = start()
+    worker = Worker(settings, engine)
+
+    # Runs on RunPod only (runpod skips fitness checks locally): a worker whose models load
+    # but cannot transcribe dies here instead of failing every job it takes.
+    @runpod.serverless.register_fitness_check
+    def transcribe_warm_up_clip() -> None:
+        warm_up(engine)
+
     runpod.serverless.start({"handler": worker.handle})
 
 

@@ -5,3 +5,11 @@ Stages, one module each, in pipeline order:
 `pipeline.transcribe_file` runs decode..merge; `handler.py` (outside the package) adds the
 RunPod input contract, the safe download and the error codes.
 """
+
+import os as _os
+
+# Before anything imports torch: torch's default `cuda.is_available()` initialises the CUDA
+# runtime, and vLLM 0.14 then still forks its engine process (it checks only
+# `torch.cuda.is_initialized()`), whose first CUDA call fails with "Cannot re-initialize CUDA
+# in forked subprocess". The NVML-based check answers without touching the runtime.
+_os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")

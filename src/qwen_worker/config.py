@@ -16,6 +16,11 @@ BAKED_ASR_DIR = Path("/models/asr")
 BAKED_ALIGNER_DIR = Path("/models/aligner")
 HUB_ASR_ID = "Qwen/Qwen3-ASR-0.6B"
 HUB_ALIGNER_ID = "Qwen/Qwen3-ForcedAligner-0.6B"
+# Token budget of one chunk's prompt: the longest chunk (300 s at 13 audio tokens a second),
+# qwen-asr's chat template around it (about 20 tokens with a forced language; 64 leaves room),
+# the caller's context and the output.
+MAX_CHUNK_AUDIO_TOKENS = 3900
+PROMPT_TEMPLATE_TOKENS = 64
 
 
 class ConfigError(ValueError):
@@ -43,6 +48,7 @@ class Settings:
     download_timeout_s: float
     decode_workers: int
     max_context_chars: int
+    max_context_tokens: int
     work_dir: str  # each job gets a temporary directory under it, removed after the job
     download_allow_loopback: bool  # local testing only: see download.allow_loopback_for_local_testing
     log_level: str
@@ -86,6 +92,10 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _cuda_available() -> bool:
+    # NVML-based: torch's default check initialises the CUDA runtime, after which vLLM's
+    # forked engine process cannot use CUDA (qwen_worker/__init__.py sets the variable before
+    # torch is first imported; this keeps it set whoever imported torch).
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     try:
         import torch
     except ImportError:
@@ -126,7 +136,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     dtype = env.get("ASR_DTYPE", "").strip().lower() or ("bfloat16" if device == "cuda" else "float32")
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"ASR_DTYPE must be bfloat16, float16 or float32, got {dtype!r}")
-    return Settings(
+    settings = Settings(
         backend=backend,
         asr_model=_model(env, "ASR_MODEL", BAKED_ASR_DIR, HUB_ASR_ID),
         aligner_model=_model(env, "ALIGNER_MODEL", BAKED_ALIGNER_DIR, HUB_ALIGNER_ID),
@@ -155,7 +165,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         download_timeout_s=_float(env, "DOWNLOAD_TIMEOUT_SECONDS", 1800.0, 1.0, 86400.0),
         decode_workers=_int(env, "DECODE_WORKERS", _usable_cores(), 1, 64),
         max_context_chars=_int(env, "MAX_CONTEXT_CHARS", 2000, 0, 100000),
+        # 2000 characters of Chinese are up to ~2000 tokens; longer contexts are cut (a warning).
+        max_context_tokens=_int(env, "MAX_CONTEXT_TOKENS", 2048, 0, 100000),
         work_dir=env.get("WORK_DIR", "").strip() or tempfile.gettempdir(),
         download_allow_loopback=_bool(env, "DOWNLOAD_ALLOW_LOOPBACK", False),
         log_level=env.get("LOG_LEVEL", "").strip().upper() or "INFO",
     )
+    _check_token_budget(settings)
+    return settings
+
+
+def chunk_token_budget(settings: Settings) -> int:
+    """The most tokens one chunk's request can need: the longest chunk, template, context, output."""
+    return (MAX_CHUNK_AUDIO_TOKENS + PROMPT_TEMPLATE_TOKENS + settings.max_context_tokens
+            + settings.max_new_tokens)
+
+
+def _check_token_budget(settings: Settings) -> None:
+    """vLLM refuses any prompt over max_model_len: refuse the settings now, not a job later."""
+    need = chunk_token_budget(settings)
+    if settings.backend == "vllm" and settings.vllm_max_model_len < need:
+        raise ConfigError(
+            f"VLLM_MAX_MODEL_LEN={settings.vllm_max_model_len} is too small: a 300 s chunk needs "
+            f"{MAX_CHUNK_AUDIO_TOKENS} audio + {PROMPT_TEMPLATE_TOKENS} prompt + MAX_CONTEXT_TOKENS "
+            f"{settings.max_context_tokens} + MAX_NEW_TOKENS {settings.max_new_tokens} = {need} "
+            f"tokens; raise VLLM_MAX_MODEL_LEN to {need} or lower MAX_NEW_TOKENS or MAX_CONTEXT_TOKENS")

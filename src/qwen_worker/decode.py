@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .lifecycle import LIFETIME
+
 SAMPLE_RATE = 16_000
 BYTES_PER_SAMPLE = 4  # float32
 # Below this, one process is as fast as several (start-up cost dominates).
@@ -31,6 +33,12 @@ SEEK_LEAD_SECONDS = 2.0
 # Samples before each joint decoded twice, to check the pieces line up (see _decode_parallel).
 JOINT_CHECK_SAMPLES = SAMPLE_RATE // 4
 JOINT_TOLERANCE = 1e-4
+# How far the decoded audio may fall short of the duration the container states before it
+# counts as truncated: encoder delay and padding (AAC priming, Opus pre-skip) are milliseconds.
+SHORTFALL_SECONDS = 2.0
+SHORTFALL_FRACTION = 0.005
+# ffmpeg's exit status after it caught SIGTERM/SIGINT and stopped early.
+_FFMPEG_SIGNALLED = 255
 
 
 class DecodeError(Exception):
@@ -47,6 +55,14 @@ class NoAudioStream(DecodeError):
 
 class EmptyAudio(DecodeError):
     """The audio stream decodes to zero samples."""
+
+
+class TruncatedAudio(DecodeError):
+    """The stream ends well before the duration the container states."""
+
+
+class DecoderKilled(DecodeError):
+    """ffmpeg was killed from outside (a signal, the OOM killer) before it finished."""
 
 
 class AudioTooLong(DecodeError):
@@ -70,6 +86,9 @@ class AudioInfo:
     sample_rate: int | None
     channels: str
     container: str
+    # ffmpeg guessed the duration from the bitrate (MP3 without an index): not a promise.
+    duration_estimated: bool = False
+    has_video: bool = False
 
 
 @lru_cache(maxsize=1)
@@ -87,6 +106,8 @@ def ffmpeg_binary() -> str:
 
 _INPUT_RE = re.compile(r"^Input #0, ([^,]+(?:,[^,]+)*?), from ", re.MULTILINE)
 _DURATION_RE = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.MULTILINE)
+# A real video track; cover art in MP3/M4A is an "(attached pic)" video stream and does not count.
+_VIDEO_RE = re.compile(r"^\s*Stream #0:\d+.*?: Video: (?!.*attached pic).*$", re.MULTILINE)
 _AUDIO_RE = re.compile(r"^\s*Stream #0:\d+.*?: Audio: ([^,\s]+)[^,]*(?:, (\d+) Hz)?(?:, ([^,]+))?", re.MULTILINE)
 
 
@@ -109,6 +130,8 @@ def parse_probe(stderr: str) -> AudioInfo:
         sample_rate=int(audio.group(2)) if audio.group(2) else None,
         channels=(audio.group(3) or "").strip(),
         container=container.group(1),
+        duration_estimated="Estimating duration from bitrate" in stderr,
+        has_video=_VIDEO_RE.search(stderr) is not None,
     )
 
 
@@ -157,6 +180,12 @@ def _run_into(args: list[str], buf: np.ndarray, start: int, limit: int | None,
     """
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
+    with LIFETIME.process(proc):
+        return _read_into(proc, buf, start, limit, timeout_s, grow, head)
+
+
+def _read_into(proc: subprocess.Popen, buf: np.ndarray, start: int, limit: int | None,
+               timeout_s: float, grow: bool, head: np.ndarray | None) -> tuple[np.ndarray, int]:
     timed_out = threading.Event()
 
     def kill_on_timeout() -> None:
@@ -171,6 +200,7 @@ def _run_into(args: list[str], buf: np.ndarray, start: int, limit: int | None,
     err_reader.start()
     pos = start * BYTES_PER_SAMPLE
     over_limit = False
+    finished = False
     try:
         if head is not None:
             view, filled = memoryview(head).cast("B"), 0
@@ -197,8 +227,9 @@ def _run_into(args: list[str], buf: np.ndarray, start: int, limit: int | None,
             if not n:
                 break
             pos += n
+        finished = True
     finally:
-        if over_limit:
+        if over_limit or not finished:  # refused, or interrupted (SIGTERM raises in here)
             proc.kill()
         proc.stdout.close()
         proc.wait()
@@ -208,11 +239,14 @@ def _run_into(args: list[str], buf: np.ndarray, start: int, limit: int | None,
         raise _TooManySamples()
     if timed_out.is_set():
         raise UnreadableAudio(f"decoding took longer than {timeout_s:.0f} s")
-    written = pos // BYTES_PER_SAMPLE - start
-    if proc.returncode != 0 and written == 0:
+    LIFETIME.raise_if_stopping()
+    if proc.returncode < 0 or proc.returncode == _FFMPEG_SIGNALLED:
+        # Whatever it wrote is only the start of the audio: never pass that off as the file.
+        raise DecoderKilled(f"the decoder was stopped from outside (exit status {proc.returncode})")
+    if proc.returncode != 0:
         stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
         raise UnreadableAudio(_first_line(stderr) or "ffmpeg could not decode the audio")
-    return buf, written
+    return buf, pos // BYTES_PER_SAMPLE - start
 
 
 class _TooManySamples(Exception):
@@ -299,7 +333,22 @@ def decode(path: Path, *, max_seconds: float, workers: int = 1, info: AudioInfo 
         samples = _decode_single(path, info.duration, limit, timeout_s, max_seconds)
     if samples.size == 0:
         raise EmptyAudio("the audio stream contains no samples")
+    _check_complete(samples.size / SAMPLE_RATE, info)
     return samples
+
+
+def _check_complete(seconds: float, info: AudioInfo) -> None:
+    """Refuse a stream that ends well before its stated duration (a cut or damaged file).
+
+    Skipped where the stated duration is no promise: estimated from the bitrate, or a
+    container with video, whose duration may be the video's.
+    """
+    if info.duration is None or info.duration_estimated or info.has_video:
+        return
+    missing = info.duration - seconds
+    if missing > max(SHORTFALL_SECONDS, SHORTFALL_FRACTION * info.duration):
+        raise TruncatedAudio(f"the audio stream ends at {seconds:.1f} s but the file states "
+                             f"{info.duration:.1f} s: it is cut short or damaged")
 
 
 def _decode_single(path: Path, duration: float | None, limit: int, timeout_s: float,

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
 from .config import Settings
 from .decode import SAMPLE_RATE
 from .languages import ALIGNER_LANGUAGES
+from .model_files import resolve_model
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # qwen-asr pads shorter inputs to this length itself; we must too, since we call below transcribe().
 MIN_INPUT_SAMPLES = SAMPLE_RATE // 2
@@ -59,6 +63,35 @@ class Engine(Protocol):
     def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
               languages: Sequence[str]) -> list[list[AlignedToken]]: ...
 
+    def fit_context(self, context: str) -> tuple[str, bool]: ...
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+
+
+def halve_on_oom(run: Callable[[list[T]], list[R]], items: list[T], device: str) -> list[R]:
+    """run(items); after a GPU out-of-memory error, once more as two halves, one at a time.
+
+    A second out-of-memory error propagates (the worker then asks RunPod for a fresh one).
+    """
+    try:
+        return run(items)
+    except Exception as exc:
+        if not is_out_of_memory(exc) or len(items) < 2:
+            raise
+        log.warning("GPU out of memory on %d chunks; retrying as two halves", len(items))
+    _release_gpu_cache(device)
+    half = (len(items) + 1) // 2
+    return run(items[:half]) + run(items[half:])
+
+
+def _release_gpu_cache(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
 
 def _padded(samples: np.ndarray) -> np.ndarray:
     if samples.shape[0] >= MIN_INPUT_SAMPLES:
@@ -70,7 +103,8 @@ class QwenEngine:
     """Wraps a loaded `qwen_asr.Qwen3ASRModel` that carries its forced aligner."""
 
     def __init__(self, model: Any, *, backend: str, asr_model: str, aligner_model: str,
-                 max_new_tokens: int, aligner_batch_size: int):
+                 max_new_tokens: int, aligner_batch_size: int, max_context_tokens: int,
+                 device: str):
         from qwen_asr.inference.utils import detect_and_fix_repetitions, parse_asr_output
 
         self._model = model
@@ -82,6 +116,8 @@ class QwenEngine:
         self.aligner_model = aligner_model
         self.max_new_tokens = max_new_tokens
         self.aligner_batch_size = aligner_batch_size
+        self.max_context_tokens = max_context_tokens
+        self.device = device
         declared = model.forced_aligner.get_supported_languages()
         # The aligner config lists lower-case names; an aligner that declares none gets the known 11.
         self.aligner_languages = (
@@ -94,12 +130,21 @@ class QwenEngine:
         """All chunks in one batched generate call (the backend slices it if configured)."""
         # Below `transcribe()` on purpose: it re-splits long inputs, glues chunk texts together
         # and hides the raw output that tells a truncated or looping chunk apart.
-        raw = self._model._infer_asr(
-            [context] * len(chunks), [_padded(c) for c in chunks], list(languages)
-        )
+        def run(items: list[tuple[np.ndarray, str | None]]) -> list[str]:
+            return self._model._infer_asr([context] * len(items), [_padded(c) for c, _ in items],
+                                          [lang for _, lang in items])
+
+        raw = halve_on_oom(run, list(zip(chunks, languages)), self.device)
         if len(raw) != len(chunks):
             raise EngineError(f"the ASR model returned {len(raw)} outputs for {len(chunks)} chunks")
         return [self._read_output(text, forced) for text, forced in zip(raw, languages)]
+
+    def fit_context(self, context: str) -> tuple[str, bool]:
+        """Cut the context to MAX_CONTEXT_TOKENS (the token budget checked at start-up)."""
+        ids = self._tokenizer(context, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.max_context_tokens:
+            return context, False
+        return self._tokenizer.decode(ids[: self.max_context_tokens]), True
 
     def _read_output(self, raw: str, forced: str | None) -> AsrOutput:
         raw = raw or ""
@@ -118,17 +163,19 @@ class QwenEngine:
               languages: Sequence[str]) -> list[list[AlignedToken]]:
         """Bounded batches: aligner memory grows with every chunk in a batch."""
         aligner = self._model.forced_aligner
+
+        def run(items: list[tuple[np.ndarray, str, str]]) -> list[list[AlignedToken]]:
+            results = aligner.align(audio=[(_padded(c), SAMPLE_RATE) for c, _, _ in items],
+                                    text=[t for _, t, _ in items],
+                                    language=[lang for _, _, lang in items])
+            return [[AlignedToken(it.text, float(it.start_time), float(it.end_time))
+                     for it in result.items] for result in results]
+
         out: list[list[AlignedToken]] = []
+        items = list(zip(chunks, texts, languages))
         step = self.aligner_batch_size
-        for i in range(0, len(chunks), step):
-            results = aligner.align(
-                audio=[(_padded(c), SAMPLE_RATE) for c in chunks[i:i + step]],
-                text=list(texts[i:i + step]),
-                language=list(languages[i:i + step]),
-            )
-            for result in results:
-                out.append([AlignedToken(it.text, float(it.start_time), float(it.end_time))
-                            for it in result.items])
+        for i in range(0, len(items), step):
+            out.extend(halve_on_oom(run, items[i:i + step], self.device))
         if len(out) != len(chunks):
             raise EngineError(f"the aligner returned {len(out)} results for {len(chunks)} chunks")
         return out
@@ -164,7 +211,12 @@ def configure_torch(device: str) -> None:
 
 
 def load_engine(settings: Settings) -> QwenEngine:
-    """Load both models once per worker process. vLLM spawns workers: call only from __main__."""
+    """Load both models once per worker process. vLLM starts processes: call only from __main__.
+
+    Raises model_files.StartupError, naming the setting, for a model it cannot find or read.
+    """
+    asr_path = resolve_model(settings.asr_model, "ASR_MODEL")
+    aligner_path = resolve_model(settings.aligner_model, "ALIGNER_MODEL")
     from qwen_asr import Qwen3ASRModel
 
     configure_torch(settings.device)
@@ -173,8 +225,8 @@ def load_engine(settings: Settings) -> QwenEngine:
     aligner_kwargs = {"dtype": _torch_dtype(settings.dtype), "device_map": device_map}
     if settings.backend == "vllm":
         model = Qwen3ASRModel.LLM(
-            model=settings.asr_model,
-            forced_aligner=settings.aligner_model,
+            model=asr_path,
+            forced_aligner=aligner_path,
             forced_aligner_kwargs=aligner_kwargs,
             max_inference_batch_size=-1,  # vLLM schedules the whole batch itself
             max_new_tokens=settings.max_new_tokens,
@@ -182,8 +234,8 @@ def load_engine(settings: Settings) -> QwenEngine:
         )
     else:
         model = Qwen3ASRModel.from_pretrained(
-            settings.asr_model,
-            forced_aligner=settings.aligner_model,
+            asr_path,
+            forced_aligner=aligner_path,
             forced_aligner_kwargs=aligner_kwargs,
             max_inference_batch_size=settings.asr_batch_size,
             max_new_tokens=settings.max_new_tokens,
@@ -195,4 +247,6 @@ def load_engine(settings: Settings) -> QwenEngine:
     return QwenEngine(model, backend=settings.backend, asr_model=settings.asr_model,
                       aligner_model=settings.aligner_model,
                       max_new_tokens=settings.max_new_tokens,
-                      aligner_batch_size=settings.aligner_batch_size)
+                      aligner_batch_size=settings.aligner_batch_size,
+                      max_context_tokens=settings.max_context_tokens,
+                      device=settings.device)

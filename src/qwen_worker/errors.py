@@ -12,8 +12,12 @@ class ErrorCode(str, Enum):
     AUDIO_TOO_LARGE = "AUDIO_TOO_LARGE"
     AUDIO_TOO_LONG = "AUDIO_TOO_LONG"
     AUDIO_UNREADABLE = "AUDIO_UNREADABLE"
+    AUDIO_TRUNCATED = "AUDIO_TRUNCATED"
+    DECODE_INTERRUPTED = "DECODE_INTERRUPTED"
     UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"
     ENGINE_ERROR = "ENGINE_ERROR"
+    DISK_FULL = "DISK_FULL"
+    WORKER_SHUTDOWN = "WORKER_SHUTDOWN"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -30,10 +34,18 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.AUDIO_TOO_LONG: "The audio is longer than MAX_AUDIO_SECONDS.",
     ErrorCode.AUDIO_UNREADABLE: "The data is not audio ffmpeg can decode (HTML, JSON, random bytes, "
                                 "an image), has no audio stream, or holds no samples.",
+    ErrorCode.AUDIO_TRUNCATED: "The audio stream ends well before the duration its container "
+                               "states: the file is cut short or damaged.",
+    ErrorCode.DECODE_INTERRUPTED: "The ffmpeg decoder was killed from outside the worker (a signal, "
+                                  "the out-of-memory killer) before the end of the audio; retry.",
     ErrorCode.UNSUPPORTED_LANGUAGE: "language is not 'auto', one of the 30 Qwen3-ASR languages, "
                                     "or one of their ISO 639-1/639-3 codes.",
     ErrorCode.ENGINE_ERROR: "The model failed on this file; no partial transcript is returned. "
                             "On a fatal GPU error the worker is also replaced (refresh_worker).",
+    ErrorCode.DISK_FULL: "The worker's disk (WORK_DIR) is full; the worker is replaced "
+                         "(refresh_worker). Retry the job.",
+    ErrorCode.WORKER_SHUTDOWN: "The worker was told to stop (SIGTERM) while the job ran; its "
+                               "download and decoder were stopped. Retry the job.",
     ErrorCode.INTERNAL_ERROR: "An unexpected fault in the worker; details are in the worker log.",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import tempfile
@@ -10,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .decode import AudioTooLong, DecodeError, EmptyAudio, NoAudioStream, probe
+from .decode import (AudioTooLong, DecodeError, DecoderKilled, EmptyAudio, NoAudioStream,
+                     TruncatedAudio, probe)
 from .download import DownloadPolicy, decode_base64, fetch_url
 from .engine import Engine, EngineError
 from .errors import ErrorCode, WorkerError
 from .formats import WRITERS
+from .lifecycle import JOB_DIR_PREFIX, LIFETIME, ShuttingDown, ensure_sigterm_handler, sweep_job_dirs
 from .pipeline import Timings, transcribe_file
 from .request import parse_request
 
@@ -35,6 +38,15 @@ def is_fatal_gpu_error(exc: BaseException) -> bool:
     return False
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class Worker:
     """Holds the loaded engine; `handle` serves one job and never raises."""
 
@@ -44,23 +56,36 @@ class Worker:
         self.policy = DownloadPolicy(max_bytes=settings.max_download_bytes,
                                      total_seconds=settings.download_timeout_s)
         Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
+        sweep_job_dirs(Path(settings.work_dir))
 
     def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.settings.work_dir))
+        ensure_sigterm_handler()
+        job_dir: Path | None = None
         try:
-            return self._run(job.get("input"), job_dir, started)
+            job_dir = Path(tempfile.mkdtemp(prefix=JOB_DIR_PREFIX, dir=self.settings.work_dir))
+            with LIFETIME.job(job_dir):
+                return self._run(job.get("input"), job_dir, started)
         except WorkerError as err:
             log.info("job %s failed: %s", job.get("id"), err.code.value)
             return err.to_output()
+        except ShuttingDown:
+            log.warning("job %s stopped: the worker is shutting down", job.get("id"))
+            return WorkerError(ErrorCode.WORKER_SHUTDOWN, "the worker was stopped while the job "
+                               "ran; retry the job").to_output()
         except Exception as exc:  # a bug must not take the worker down or leak paths
+            if is_disk_full(exc):
+                log.error("job %s failed: the disk under WORK_DIR is full", job.get("id"))
+                return WorkerError(ErrorCode.DISK_FULL, "the worker's disk is full; the worker "
+                                   "will be replaced, retry the job", refresh_worker=True).to_output()
             log.exception("job %s failed unexpectedly", job.get("id"))
             fatal = is_fatal_gpu_error(exc)
             code = ErrorCode.ENGINE_ERROR if fatal else ErrorCode.INTERNAL_ERROR
             return WorkerError(code, "the worker hit an unexpected error; see the worker log",
                                refresh_worker=fatal).to_output()
         finally:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            if job_dir is not None:
+                shutil.rmtree(job_dir, ignore_errors=True)
 
     def _run(self, job_input: Any, job_dir: Path, started: float) -> dict[str, Any]:
         s = self.settings
@@ -84,6 +109,12 @@ class Worker:
             raise WorkerError(ErrorCode.AUDIO_TOO_LONG, str(exc)) from None
         except (NoAudioStream, EmptyAudio) as exc:
             raise WorkerError(ErrorCode.AUDIO_UNREADABLE, str(exc)) from None
+        except TruncatedAudio as exc:
+            raise WorkerError(ErrorCode.AUDIO_TRUNCATED, str(exc)) from None
+        except DecoderKilled as exc:
+            log.error("decoder killed: %s", exc)
+            raise WorkerError(ErrorCode.DECODE_INTERRUPTED, "the decoder was stopped before the "
+                              "end of the audio (killed from outside); retry the job") from None
         except DecodeError as exc:
             raise WorkerError(ErrorCode.AUDIO_UNREADABLE,
                               "the data is not audio that ffmpeg can decode") from exc
