@@ -1,0 +1,102 @@
+"""The worker under runpod's production job loop (tests/job_api.py stands in for RunPod's job
+API on loopback): the warm-up fitness check, SIGTERM during a job, and the start-up sweep."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import media
+from job_api import JobApi, JobLoopWorker
+from models import ENGLISH
+from worker_server import worker_env
+
+
+@pytest.fixture
+def api():
+    a = JobApi()
+    yield a
+    a.close()
+
+
+def _wav_b64(tmp_path: Path) -> str:
+    return base64.b64encode(media.make_audio(tmp_path / "a.wav", 4.0).read_bytes()).decode()
+
+
+def _wait_exit(worker: JobLoopWorker, timeout: float) -> int:
+    try:
+        return worker.proc.wait(timeout=timeout)
+    except Exception:
+        raise AssertionError(f"worker still running after {timeout} s:\n{worker.log()}") from None
+
+
+def test_warm_up_passes_then_jobs_run_and_stale_job_dirs_are_swept(api, model_dirs, tmp_path):
+    work = tmp_path / "work"
+    (work / "job-left-by-sigkill").mkdir(parents=True)
+    (work / "job-left-by-sigkill" / "input").write_bytes(b"x" * 1000)
+    (work / "keep-me").mkdir()  # not a job directory: left alone
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], work)
+    worker = JobLoopWorker(api, env, tmp_path / "worker.log")
+    try:
+        api.submit("job-1", {"audio_base64": _wav_b64(tmp_path)})
+        (post,) = api.wait_for(1, 180).values()
+        assert post["output"]["text"] == ENGLISH, post
+        log = worker.log()
+        assert "Running 1 fitness check(s)" in log and "fitness check" in log.lower()
+        assert sorted(p.name for p in work.iterdir()) == ["keep-me"]
+        worker.proc.send_signal(signal.SIGTERM)
+        assert _wait_exit(worker, 10) == 0
+    finally:
+        worker.close()
+
+
+def test_a_model_that_cannot_transcribe_stops_the_worker_before_it_takes_a_job(
+        api, model_dirs, tmp_path):
+    # Loads fine, fails on the first audio (the processor's windows assume n_window 50).
+    broken = tmp_path / "broken-asr"
+    shutil.copytree(model_dirs["english"], broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["thinker_config"]["audio_config"]["n_window"] = 100
+    (broken / "config.json").write_text(json.dumps(config))
+    env = worker_env(broken, model_dirs["aligner"], tmp_path / "work")
+    api.submit("never-taken", {"audio_base64": _wav_b64(tmp_path)})
+    worker = JobLoopWorker(api, env, tmp_path / "worker.log")
+    try:
+        assert _wait_exit(worker, 180) == 1
+        assert api.takes == [] and len(api.queue) == 1
+        assert "transcribe_warm_up_clip" in worker.log()
+    finally:
+        worker.close()
+
+
+def test_sigterm_stops_a_stalled_download_and_the_worker_exits(api, model_dirs, tmp_path, host):
+    mp3 = media.make_audio(tmp_path / "a.mp3", 8.0).read_bytes()
+    url = host.stall("/loop/stall.mp3", mp3, after=4096, seconds=60)
+    work = tmp_path / "work"
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], work,
+                     DOWNLOAD_ALLOW_LOOPBACK="true")
+    worker = JobLoopWorker(api, env, tmp_path / "worker.log")
+    try:
+        api.submit("stalled", {"audio_url": url})
+        end = time.monotonic() + 180
+        while not list(work.glob("job-*/input")) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert list(work.glob("job-*/input")), worker.log()
+        time.sleep(0.5)  # the download is now blocked reading the silent body
+        sent = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
+        _wait_exit(worker, 15)
+        took = time.monotonic() - sent
+        # Stopped at once, not after the 15 s read timeout and its retries.
+        assert took < 5, f"exit took {took:.1f} s:\n{worker.log()}"
+        post = api.results()["stalled"]
+        assert post["error"].startswith("WORKER_SHUTDOWN: "), post
+        assert list(work.iterdir()) == []
+    finally:
+        worker.close()
