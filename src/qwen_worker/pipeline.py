@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import chunking
+from . import chunking, repair
 from .decode import SAMPLE_RATE, AudioInfo, decode
 from .engine import AlignedToken, AsrOutput, Engine, EngineError
-from .merge import Transcript, merge_chunks
+from .languages import is_unspaced
+from .merge import SubtitleOptions, Transcript, merge_chunks
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Options:
     word_timestamps: bool = True
     chunk_seconds: float = chunking.DEFAULT_CHUNK_SECONDS
     max_context_chars: int = 2000
+    subtitle: SubtitleOptions = SubtitleOptions()  # cue limits for segments, SRT and VTT
 
 
 @dataclass
@@ -60,8 +62,10 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
     t0 = time.perf_counter()
     outputs = _run_engine("transcription", lambda: engine.transcribe(
         views, [options.language] * len(chunks), context))
+    chunks, outputs = _retry_flawed(samples, chunks, outputs, options.language, context, engine,
+                                    warnings)
+    views = [c.samples for c in chunks]
     timings.asr = time.perf_counter() - t0
-    warnings.extend(_quality_warnings(chunks, outputs))
 
     alignments: list[list[AlignedToken] | None] = [None] * len(chunks)
     if options.word_timestamps:
@@ -79,9 +83,11 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
                 [views[i] for i in alignable], [outputs[i].text for i in alignable],
                 [outputs[i].language for i in alignable]))
             for i, tokens in zip(alignable, aligned, strict=True):
-                alignments[i] = tokens
+                alignments[i] = list(tokens)
+            _repair_collapsed(chunks, outputs, alignments, engine, warnings)
         timings.align = time.perf_counter() - t0
-    return merge_chunks(chunks, outputs, alignments, samples.shape[0] / SAMPLE_RATE, warnings)
+    return merge_chunks(chunks, outputs, alignments, samples.shape[0] / SAMPLE_RATE, warnings,
+                        options.subtitle)
 
 
 def _run_engine(stage: str, call):
@@ -93,14 +99,80 @@ def _run_engine(stage: str, call):
         raise EngineError(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _quality_warnings(chunks: list[chunking.Chunk], outputs: list[AsrOutput]) -> list[str]:
-    warnings = []
-    for chunk, out in zip(chunks, outputs):
-        where = f"chunk {chunk.index} ({chunk.offset:.1f}-{chunk.offset + chunk.duration:.1f} s)"
-        if out.hit_token_limit:
-            warnings.append(f"{where}: output reached the MAX_NEW_TOKENS limit "
-                            f"({out.output_tokens} tokens); its text may be cut short")
-        if out.repetition_loop:
-            warnings.append(f"{where}: the model repeated itself in a loop; the repeats were "
-                            "collapsed and the text there may be incomplete")
-    return warnings
+def _where(chunk: chunking.Chunk) -> str:
+    return f"chunk {chunk.index} ({chunk.offset:.1f}-{chunk.offset + chunk.duration:.1f} s)"
+
+
+def _flaw_text(out: AsrOutput) -> str:
+    parts = []
+    if out.hit_token_limit:
+        parts.append(f"reached the MAX_NEW_TOKENS limit ({out.output_tokens} tokens)")
+    if out.repetition_loop:
+        parts.append("repeated itself in a loop")
+    return " and ".join(parts)
+
+
+def _retry_flawed(samples: np.ndarray, chunks: list[chunking.Chunk], outputs: list[AsrOutput],
+                  language: str | None, context: str, engine: Engine, warnings: list[str]
+                  ) -> tuple[list[chunking.Chunk], list[AsrOutput]]:
+    """Transcribe each looping or truncated chunk once more as two halves, all halves in one
+    call; keep the cleaner result. A kept retry becomes two chunks, re-numbered in order."""
+    todo = [i for i, out in enumerate(outputs) if repair.needs_retry(out)]
+    if not todo:
+        return chunks, outputs
+    halves = {i: repair.split_at_quietest(chunks[i], samples) for i in todo}
+    flat = [h for i in todo for h in halves[i]]
+    retried = _run_engine("transcription", lambda: engine.transcribe(
+        [h.samples for h in flat], [language] * len(flat), context))
+    new_chunks: list[chunking.Chunk] = []
+    new_outputs: list[AsrOutput] = []
+    for i, (chunk, out) in enumerate(zip(chunks, outputs)):
+        if i not in halves:
+            new_chunks.append(chunk)
+            new_outputs.append(out)
+            continue
+        k = todo.index(i)
+        pair = retried[2 * k:2 * k + 2]
+        cut = halves[i][0].end / SAMPLE_RATE
+        told = (f"{_where(chunk)}: the output {_flaw_text(out)}; transcribed again as two "
+                f"halves cut at {cut:.1f} s: ")
+        if repair.prefer_halves(out, pair):
+            new_chunks.extend(halves[i])
+            new_outputs.extend(pair)
+            warnings.append(told + ("fixed" if repair.flaws(pair) == 0 else
+                                    "better, but still flawed; the text there may be incomplete"))
+        else:
+            new_chunks.append(chunk)
+            new_outputs.append(out)
+            warnings.append(told + "not better, kept the first result; the text there may be "
+                            "incomplete")
+    renumbered = [chunking.Chunk(n, c.start, c.end, c.samples) for n, c in enumerate(new_chunks)]
+    return renumbered, new_outputs
+
+
+def _repair_collapsed(chunks: list[chunking.Chunk], outputs: list[AsrOutput],
+                      alignments: list[list[AlignedToken] | None], engine: Engine,
+                      warnings: list[str]) -> None:
+    """Align each run of collapsed word times again on its own audio (one batched call);
+    spread a run evenly over its window when that is still collapsed. In place."""
+    found = [(i, span) for i, tokens in enumerate(alignments) if tokens
+             for span in repair.find_collapsed(tokens, chunks[i].duration)]
+    if not found:
+        return
+    texts = []
+    for i, span in found:
+        words = alignments[i][span.first:span.last + 1]
+        texts.append(("" if is_unspaced(outputs[i].language) else " ").join(w.text for w in words))
+    realigned = _run_engine("alignment", lambda: engine.align(
+        [repair.window_samples(chunks[i], span) for i, span in found], texts,
+        [outputs[i].language for i, _ in found]))
+    for (i, span), again in zip(found, realigned, strict=True):
+        words = alignments[i][span.first:span.last + 1]
+        fixed, aligned_ok = repair.repair_window(span, words, again)
+        alignments[i][span.first:span.last + 1] = fixed
+        offset = chunks[i].offset
+        warnings.append(
+            f"{_where(chunks[i])}: {len(words)} word timestamps "
+            f"({offset + span.window_start:.1f}-{offset + span.window_end:.1f} s) had collapsed "
+            "onto one instant; " + ("aligned again on their own audio" if aligned_ok else
+                                    "spread evenly over that stretch: their times are estimates"))
