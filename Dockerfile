@@ -11,11 +11,11 @@
 # Ubuntu 24.04 ships Python 3.12, which the vllm and torch wheels support.
 FROM nvidia/cuda:12.8.1-base-ubuntu24.04
 
-# ffmpeg decodes the audio. gcc/g++ and python3-dev: Triton and torch.compile (used by vLLM
+# ffmpeg decodes the audio; espeak-ng speaks the clip of `handler.py --self-test`. gcc/g++ and python3-dev: Triton and torch.compile (used by vLLM
 # unless VLLM_ENFORCE_EAGER=true) compile small C helpers against Python.h at first use.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        ca-certificates ffmpeg g++ gcc python3 python3-dev python3-venv \
+        ca-certificates espeak-ng ffmpeg g++ gcc python3 python3-dev python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
 # A venv: Ubuntu's own Python refuses system-wide pip installs (PEP 668).
@@ -53,7 +53,12 @@ RUN --mount=type=secret,id=hf_token,env=HF_TOKEN \
 
 # Runtime: no hub access (the weights are in /models), and runpod at INFO, because at its
 # default DEBUG level it logs every job's output, transcripts included.
+# PYTORCH_NVML_BASED_CUDA_CHECK: torch's default CUDA check initialises the driver, after
+# which the engine process vLLM forks cannot use the GPU (the worker also sets it in code).
+# vLLM keeps its default fork: qwen-asr registers its model class in this process only, and
+# a spawned engine would see it only as a side effect of unpickling the config.
 ENV HF_HUB_OFFLINE=1 \
+    PYTORCH_NVML_BASED_CUDA_CHECK=1 \
     TRANSFORMERS_OFFLINE=1 \
     RUNPOD_LOG_LEVEL=INFO \
     PYTHONUNBUFFERED=1

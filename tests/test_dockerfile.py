@@ -172,6 +172,14 @@ def test_gpu_pin_is_the_vllm_that_qwen_asr_wants_and_fits_the_runtime_pins():
             f"requirements.txt pins {name}=={version}; vllm 0.14.0 needs {name}{allowed}")
 
 
+def test_image_has_the_debian_packages_ci_installs(dockerfile):
+    """ffmpeg decodes; espeak-ng speaks the self-test's clip. CI installs both the same way."""
+    image = " ".join(args for ins, args in dockerfile if ins == "RUN" and "apt-get install" in args)
+    ci = (ROOT / ".ci" / "run").read_text()
+    for package in ("ffmpeg", "espeak-ng"):
+        assert f" {package} " in f" {image} " and f" {package} " in f" {ci} "
+
+
 def test_weights_are_fetched_before_the_source_is_copied(dockerfile):
     steps = dockerfile
     deps = _index(steps, lambda ins, args: ins == "RUN" and "pip install" in args
@@ -205,7 +213,7 @@ def test_fetch_step_takes_build_args_and_the_token_from_a_secret(dockerfile):
 def test_runtime_environment_and_entry_point(dockerfile):
     env = " ".join(args for ins, args in dockerfile if ins == "ENV")
     for setting in ("HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "RUNPOD_LOG_LEVEL=INFO",
-                    "PYTHONUNBUFFERED=1"):
+                    "PYTHONUNBUFFERED=1", "PYTORCH_NVML_BASED_CUDA_CHECK=1"):
         assert setting in env
     assert ("WORKDIR", "/app") in dockerfile
     assert dockerfile[-1] == ("CMD", '["python", "-u", "/app/src/handler.py"]')

@@ -37,21 +37,33 @@ import torch
 calls = []
 torch.cuda._is_compiled = lambda: True
 torch._C._cuda_getDeviceCount = lambda: calls.append("cuda runtime") or 1
-torch.cuda._raw_device_count_nvml = lambda: calls.append("nvml") or 1
+nvml = int(sys.argv[1])
+torch.cuda._raw_device_count_nvml = lambda: calls.append("nvml") or nvml
 settings = handler.load_settings({})
 print(json.dumps({"env_at_torch_import": seen.get("torch"), "calls": calls,
-                  "device": settings.device, "initialized": torch.cuda.is_initialized()}))
+                  "device": settings.device, "initialized": torch.cuda.is_initialized(),
+                  "vllm_start": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD", "fork")}))
 """
 
 
-def test_cuda_is_probed_through_nvml_and_the_variable_precedes_torch():
-    out = subprocess.run([sys.executable, "-c", "import json\n" + ORDER_PROBE], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+def _order_probe(nvml_devices: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", "import json\n" + ORDER_PROBE, str(nvml_devices)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cuda_is_probed_through_nvml_and_the_variable_precedes_torch():
+    probe = _order_probe(nvml_devices=1)
     assert probe["env_at_torch_import"] == "1"
-    assert probe["calls"] == ["nvml"] and probe["device"] == "cuda"
-    assert probe["initialized"] is False
+    # NVML only, never the CUDA runtime: vLLM may fork its engine process (its default).
+    assert set(probe["calls"]) == {"nvml"} and probe["device"] == "cuda"
+    assert probe["initialized"] is False and probe["vllm_start"] == "fork"
+
+
+def test_without_nvml_vllm_is_told_to_spawn():
+    probe = _order_probe(nvml_devices=-1)  # NVML missing: torch asks the CUDA runtime
+    assert "cuda runtime" in probe["calls"] and probe["vllm_start"] == "spawn"
 
 
 def test_vllm_max_model_len_must_hold_the_longest_chunk_request():

@@ -100,6 +100,12 @@ def _cuda_available() -> bool:
         import torch
     except ImportError:
         return False
+    if torch.cuda._is_compiled() and torch.cuda._device_count_nvml() < 0:
+        # No usable NVML (driver library not mounted, MIG): torch then asks the CUDA runtime,
+        # which poisons fork, so vLLM must spawn its engine process instead. Spawn is not the
+        # default because qwen-asr's model registration reaches a spawned engine only as a
+        # side effect of unpickling its config class.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     return bool(torch.cuda.is_available())
 
 
