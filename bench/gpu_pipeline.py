@@ -287,7 +287,7 @@ def diagnose(model, engine, views, langs, rec, sync, peak_gib, reset_peak, cuda)
     def gen_time(vs, tokens):
         model.max_new_tokens = tokens
         rec.reset()
-        engine.transcribe(vs, ["English"] * len(vs), "")
+        engine.transcribe(vs, ["English"] * len(vs), [""] * len(vs))
         return rec.generate_s
 
     for label, vs in ((f"batch{n}", views), ("batch1_a", views[:1]), ("batch1_b", views[1:2]),
@@ -322,7 +322,7 @@ def diagnose(model, engine, views, langs, rec, sync, peak_gib, reset_peak, cuda)
         for label, vs in ((f"batch{n}", views), ("batch1", views[:1])):
             model.max_new_tokens = 40
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                engine.transcribe(vs, ["English"] * len(vs), "")
+                engine.transcribe(vs, ["English"] * len(vs), [""] * len(vs))
                 sync()
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18,
                                               max_name_column_width=60)
@@ -353,7 +353,7 @@ def probe_sdpa(model, engine, views, rec, peak_gib, reset_peak, max_new) -> dict
         model.max_new_tokens = tokens
         rec.reset()
         reset_peak()
-        engine.transcribe(vs, ["English"] * len(vs), "")
+        engine.transcribe(vs, ["English"] * len(vs), [""] * len(vs))
         ms = rec.generate_s / tokens * 1000
         out[label] = {"batch": len(vs), "tokens": tokens, "cudnn_sdp": cudnn,
                       "generate_s": round(rec.generate_s, 2), "ms_per_token_step": round(ms, 1),
@@ -491,7 +491,7 @@ def main() -> int:
     # --- warm-up: 2 chunks, short generation, one aligner batch ---
     t0 = time.perf_counter()
     model.max_new_tokens = 8
-    engine.transcribe(views[:2], langs[:2], "")
+    engine.transcribe(views[:2], langs[:2], ["", ""])
     model.max_new_tokens = max_new
     engine.align(views[:2], texts[:2], langs[:2])
     sync()
@@ -523,7 +523,7 @@ def main() -> int:
 
     # --- prefill only (encoder + prompt): all chunks batched, 1 new token ---
     model.max_new_tokens = 1
-    _, s = timed(lambda: engine.transcribe(views, langs, ""))
+    _, s = timed(lambda: engine.transcribe(views, langs, [""] * len(views)))
     model.max_new_tokens = max_new
     results["prefill_batched"] = {"s": round(s, 2), "generate_s": round(rec.generate_s, 2),
                                   "peak_gib": peak_gib()}
@@ -531,7 +531,7 @@ def main() -> int:
         f" peak {peak_gib()} GiB")
 
     # --- (a) ours ---
-    outs, s = timed(lambda: engine.transcribe(views, langs, ""))
+    outs, s = timed(lambda: engine.transcribe(views, langs, [""] * len(views)))
     ours_asr = {"s": round(s, 2), "generate_s": round(rec.generate_s, 2),
                 "peak_gib": peak_gib(), "new_tokens": list(rec.new_tokens),
                 "prompt_tokens": list(rec.prompt_tokens),
@@ -556,7 +556,7 @@ def main() -> int:
     toks = []
     for i in range(k):
         t = time.perf_counter()
-        engine.transcribe([views[i]], [langs[i]], "")
+        engine.transcribe([views[i]], [langs[i]], [""])
         sync()
         per_chunk.append(time.perf_counter() - t)
     gen_s, toks = rec.generate_s, list(rec.new_tokens)

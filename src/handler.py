@@ -71,7 +71,10 @@ def main() -> None:
     def transcribe_warm_up_clip() -> None:
         warm_up(engine)
 
-    runpod.serverless.start({"handler": worker.handle})
+    # An async handler with a constant concurrency: up to MAX_CONCURRENCY jobs at once, their
+    # engine calls shared through the worker's scheduler.
+    runpod.serverless.start({"handler": worker.handle_async,
+                             "concurrency_modifier": worker.concurrency})
 
 
 if __name__ == "__main__":

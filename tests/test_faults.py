@@ -92,14 +92,23 @@ def test_out_of_memory_twice_fails_the_job_and_asks_for_a_fresh_worker(worker, t
     assert sizes == [3, 2]  # never more than one retry
 
 
-def test_sigterm_kills_a_running_decoder_at_once(tmp_path, dying_ffmpeg, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("stop", ["sigterm", "job stopped"])
+def test_stopping_kills_the_jobs_running_decoders_at_once(tmp_path, dying_ffmpeg,  # noqa: F811
+                                                          monkeypatch, workers, stop):
     life = lifecycle._Lifetime()
     monkeypatch.setattr(d, "LIFETIME", life)
-    path = media.make_audio(tmp_path / "a.flac", 60.0, rate=16000)
-    dying_ffmpeg(mode="stall", after=100_000)
-    threading.Timer(1.0, life.stop).start()
+    path = media.make_audio(tmp_path / "a.flac", 150.0, rate=16000)
+    info = d.probe(path)
+    dying_ffmpeg(mode="stall", after=100_000)  # every decoder hangs after 100 kB
+    scope = lifecycle.JobScope("j")
+    if stop == "sigterm":
+        threading.Timer(1.0, life.stop_all).start()
+        expected = lifecycle.ShuttingDown
+    else:
+        threading.Timer(1.0, scope.stop, args=(lifecycle.JobCancelled,)).start()
+        expected = lifecycle.JobCancelled
     started = time.monotonic()
-    with pytest.raises(lifecycle.ShuttingDown):
-        d.decode(path, max_seconds=600, workers=1)
+    with pytest.raises(expected), life.job(scope):
+        d.decode(path, max_seconds=600, workers=workers, info=info)
     assert time.monotonic() - started < 5
-    assert life._procs == set()

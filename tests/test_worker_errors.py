@@ -1,5 +1,5 @@
 """Worker.handle in-process: engine failures map to ENGINE_ERROR, fatal GPU errors also ask
-RunPod to replace the worker, and the job directory is removed after every outcome."""
+RunPod to replace the worker (and fail later jobs fast), and the job directory is removed after every outcome."""
 
 from __future__ import annotations
 
@@ -46,7 +46,11 @@ def test_engine_failure_is_engine_error_and_the_next_job_works(worker, wav_b64, 
     assert out.get("refresh_worker", False) is fatal
     assert _jobs_left(worker) == []
     monkeypatch.undo()
-    assert worker.handle({"id": "2", "input": {"audio_base64": wav_b64}})["text"] == ENGLISH
+    after = worker.handle({"id": "2", "input": {"audio_base64": wav_b64}})
+    if fatal:  # the GPU cannot be trusted again: later jobs fail fast until RunPod replaces it
+        assert after["error_code"] == "ENGINE_ERROR" and after["refresh_worker"] is True
+    else:
+        assert after["text"] == ENGLISH
 
 
 def test_unexpected_bug_is_internal_error_without_details(worker, wav_b64, monkeypatch):

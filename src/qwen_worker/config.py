@@ -52,6 +52,10 @@ class Settings:
     work_dir: str  # each job gets a temporary directory under it, removed after the job
     download_allow_loopback: bool  # local testing only: see download.allow_loopback_for_local_testing
     log_level: str
+    max_concurrency: int  # jobs one worker runs at once (runpod's concurrency_modifier)
+    scheduler_gather_s: float  # an idle engine waits this long for more jobs to join a call
+    scheduler_max_chunks: int  # chunks in one shared engine call (one job's file is never split)
+    progress_updates: bool  # on RunPod's job loop: post progress for /status
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -176,6 +180,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         work_dir=env.get("WORK_DIR", "").strip() or tempfile.gettempdir(),
         download_allow_loopback=_bool(env, "DOWNLOAD_ALLOW_LOOPBACK", False),
         log_level=env.get("LOG_LEVEL", "").strip().upper() or "INFO",
+        # 8 jobs on a GPU: their chunks share engine calls, and 8 short clips fill one
+        # transformers batch (ASR_BATCH_SIZE); long files queue inside vLLM. Each job also
+        # holds its decoded audio in host memory (~230 MB per audio hour).
+        max_concurrency=_int(env, "MAX_CONCURRENCY", 8 if device == "cuda" else 2, 1, 256),
+        scheduler_gather_s=_int(env, "SCHEDULER_GATHER_MS", 20, 0, 10000) / 1000.0,
+        scheduler_max_chunks=_int(env, "SCHEDULER_MAX_CHUNKS", 0, 0, 4096) or (
+            _int(env, "VLLM_MAX_NUM_SEQS", 64, 1, 1024) if backend == "vllm"
+            else _int(env, "ASR_BATCH_SIZE", 8, 1, 1024)),
+        # The SDK takes jobs from RunPod only when this is set (else it runs locally).
+        progress_updates=bool(env.get("RUNPOD_WEBHOOK_GET_JOB", "").strip()),
     )
     _check_token_budget(settings)
     return settings

@@ -7,6 +7,7 @@ ffmpeg processes over time ranges, each writing into its own slice of that buffe
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import mmap
 import re
@@ -180,7 +181,7 @@ def _run_into(args: list[str], buf: np.ndarray, start: int, limit: int | None,
     """
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    with LIFETIME.process(proc):
+    with LIFETIME.stopper(proc.kill):  # a stopped job's decoder dies at once
         return _read_into(proc, buf, start, limit, timeout_s, grow, head)
 
 
@@ -395,7 +396,10 @@ def _decode_parallel(path: Path, duration: float, workers: int, limit: int,
         return n
 
     with ThreadPoolExecutor(max_workers=len(bounds) - 1) as pool:
-        lengths = list(pool.map(run_piece, range(len(bounds) - 1)))
+        # Each piece runs in the job's context, so stopping the job kills its process too.
+        futures = [pool.submit(contextvars.copy_context().run, run_piece, k)
+                   for k in range(len(bounds) - 1)]
+        lengths = [f.result() for f in futures]
     for k, n in enumerate(lengths[:-1]):
         expected = bounds[k + 1] - bounds[k]
         if n < expected - 1:

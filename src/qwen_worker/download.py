@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import requests
 from runpod.serverless.utils import rp_ssrf
 
 from .errors import ErrorCode, WorkerError
+from .lifecycle import LIFETIME
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,12 @@ def fetch_url(url: str, dest_dir: Path, policy: DownloadPolicy) -> Path:
     dest = dest_dir / INPUT_NAME
     delay = policy.backoff_seconds
     for attempt in range(1, policy.attempts + 1):
+        LIFETIME.raise_if_stopping()
         try:
             _fetch_once(url, dest, policy, deadline)
             return dest
         except _Transient as exc:
+            LIFETIME.raise_if_stopping()  # a stopped job's cut-off body is not worth a retry
             left = deadline - time.monotonic()
             if attempt == policy.attempts or left <= delay:
                 raise WorkerError(ErrorCode.DOWNLOAD_FAILED,
@@ -101,7 +105,7 @@ def _fetch_once(url: str, dest: Path, policy: DownloadPolicy, deadline: float) -
         raise _Transient(_reason(exc)) from None
     except requests.RequestException as exc:
         raise WorkerError(ErrorCode.DOWNLOAD_FAILED, f"the download failed: {_reason(exc)}") from None
-    with response:
+    with response, LIFETIME.stopper(lambda: _shut_socket(response)):
         status = response.status_code
         if status in _RETRY_STATUS:
             raise _Transient(f"the server answered HTTP {status}")
@@ -128,6 +132,14 @@ def _fetch_once(url: str, dest: Path, policy: DownloadPolicy, deadline: float) -
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and dest.stat().st_size < int(declared):
             raise _Transient(f"the body ended after {dest.stat().st_size} of {declared} bytes")
+
+
+def _shut_socket(response: requests.Response) -> None:
+    """Wake a read blocked on a silent server (from another thread: shutdown, not close)."""
+    connection = getattr(response.raw, "_connection", None) or getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _refusal(message: str, policy: DownloadPolicy) -> WorkerError:

@@ -7,7 +7,9 @@ chunk time; `merge` turns it into file time.
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
@@ -58,12 +60,27 @@ class Engine(Protocol):
     aligner_languages: frozenset[str]
 
     def transcribe(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
-                   context: str) -> list[AsrOutput]: ...
+                   contexts: Sequence[str]) -> list[AsrOutput]: ...
 
     def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
               languages: Sequence[str]) -> list[list[AlignedToken]]: ...
 
     def fit_context(self, context: str) -> tuple[str, bool]: ...
+
+
+# Exception names and messages after which the GPU or the engine cannot be trusted again.
+_FATAL_NAMES = ("EngineDeadError", "OutOfMemoryError", "AcceleratorError")
+_FATAL_TEXT = ("CUDA error", "CUDA out of memory", "cuDNN error", "CUBLAS_STATUS",
+               "device-side assert", "NCCL error")
+
+
+def is_fatal_gpu_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ in _FATAL_NAMES or any(t in str(seen) for t in _FATAL_TEXT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -111,6 +128,10 @@ class QwenEngine:
         self._parse = parse_asr_output
         self._fix_repetitions = detect_and_fix_repetitions
         self._tokenizer = model.processor.tokenizer
+        # Job threads measure contexts while the engine thread runs the model, which uses the
+        # tokenizer too: a private copy, so no two threads ever share one Rust tokenizer.
+        self._context_tokenizer = copy.deepcopy(self._tokenizer)
+        self._context_lock = threading.Lock()
         self.backend = backend
         self.asr_model = asr_model
         self.aligner_model = aligner_model
@@ -126,25 +147,30 @@ class QwenEngine:
         )
 
     def transcribe(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
-                   context: str) -> list[AsrOutput]:
-        """All chunks in one batched generate call (the backend slices it if configured)."""
+                   contexts: Sequence[str]) -> list[AsrOutput]:
+        """All chunks in one batched generate call (the backend slices it if configured).
+
+        languages and contexts are per chunk: one call may serve the chunks of several jobs.
+        """
         # Below `transcribe()` on purpose: it re-splits long inputs, glues chunk texts together
         # and hides the raw output that tells a truncated or looping chunk apart.
-        def run(items: list[tuple[np.ndarray, str | None]]) -> list[str]:
-            return self._model._infer_asr([context] * len(items), [_padded(c) for c, _ in items],
-                                          [lang for _, lang in items])
+        def run(items: list[tuple[np.ndarray, str | None, str]]) -> list[str]:
+            return self._model._infer_asr([ctx for _, _, ctx in items],
+                                          [_padded(c) for c, _, _ in items],
+                                          [lang for _, lang, _ in items])
 
-        raw = halve_on_oom(run, list(zip(chunks, languages)), self.device)
+        raw = halve_on_oom(run, list(zip(chunks, languages, contexts)), self.device)
         if len(raw) != len(chunks):
             raise EngineError(f"the ASR model returned {len(raw)} outputs for {len(chunks)} chunks")
         return [self._read_output(text, forced) for text, forced in zip(raw, languages)]
 
     def fit_context(self, context: str) -> tuple[str, bool]:
         """Cut the context to MAX_CONTEXT_TOKENS (the token budget checked at start-up)."""
-        ids = self._tokenizer(context, add_special_tokens=False)["input_ids"]
-        if len(ids) <= self.max_context_tokens:
-            return context, False
-        return self._tokenizer.decode(ids[: self.max_context_tokens]), True
+        with self._context_lock:
+            ids = self._context_tokenizer(context, add_special_tokens=False)["input_ids"]
+            if len(ids) <= self.max_context_tokens:
+                return context, False
+            return self._context_tokenizer.decode(ids[: self.max_context_tokens]), True
 
     def _read_output(self, raw: str, forced: str | None) -> AsrOutput:
         raw = raw or ""
@@ -171,13 +197,18 @@ class QwenEngine:
             return [[AlignedToken(it.text, float(it.start_time), float(it.end_time))
                      for it in result.items] for result in results]
 
-        out: list[list[AlignedToken]] = []
-        items = list(zip(chunks, texts, languages))
+        # Batches of similar lengths: a padded batch costs as much as its longest chunk.
+        order = sorted(range(len(chunks)), key=lambda i: chunks[i].shape[0])
+        items = [(chunks[i], texts[i], languages[i]) for i in order]
+        by_length: list[list[AlignedToken]] = []
         step = self.aligner_batch_size
         for i in range(0, len(items), step):
-            out.extend(halve_on_oom(run, items[i:i + step], self.device))
-        if len(out) != len(chunks):
-            raise EngineError(f"the aligner returned {len(out)} results for {len(chunks)} chunks")
+            by_length.extend(halve_on_oom(run, items[i:i + step], self.device))
+        if len(by_length) != len(chunks):
+            raise EngineError(f"the aligner returned {len(by_length)} results for {len(chunks)} chunks")
+        out: list[list[AlignedToken]] = [[] for _ in chunks]
+        for pos, i in enumerate(order):
+            out[i] = by_length[pos]
         return out
 
 

@@ -1,25 +1,30 @@
-"""The worker's lifetime around its jobs: stopping on SIGTERM, and job directories.
+"""The worker's lifetime around its jobs: stopping jobs (one, or all on SIGTERM) and job
+directories.
 
-SIGTERM (docker stop, RunPod scaling a worker down) must not wait for a running job to end:
-a stalled download alone can hold a job for most of a minute, and after the container's
-grace period SIGKILL would leave the job's directory and ffmpeg processes behind. So the
-handler installed here stops the running job at once: it kills the job's ffmpeg processes,
-raises `ShuttingDown` in the job (which the worker reports as WORKER_SHUTDOWN and then
-removes its directory), lets runpod's own handler end the job loop, and as a backstop ends
-the process after `SHUTDOWN_GRACE_SECONDS`.
+A job runs in its own thread; what it has open that could take long to end by itself (its
+ffmpeg processes, its download's socket, its place in the engine's queue) is registered with
+the job's `JobScope` as a stopper. Stopping the scope runs the stoppers, so the job thread
+fails fast with `JobCancelled` (RunPod stopped this job) or `ShuttingDown` (SIGTERM), and
+its own `finally` removes its directory.
+
+SIGTERM (docker stop, RunPod scaling a worker down) must not wait for running jobs: a stalled
+download alone can hold a job for most of a minute, and after the container's grace period
+SIGKILL would leave job directories and ffmpeg processes behind. The handler installed here
+stops every job, lets runpod's own handler end the job loop, and as a backstop ends the
+process after `SHUTDOWN_GRACE_SECONDS`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -28,66 +33,120 @@ JOB_DIR_PREFIX = "job-"
 SHUTDOWN_GRACE_SECONDS = 8.0
 
 
-class ShuttingDown(Exception):
-    """The worker received SIGTERM while a job ran."""
+class Stopped(BaseException):
+    """A job was stopped from outside. A BaseException, like KeyboardInterrupt: no
+    `except Exception` on the way may turn it into an ordinary failure."""
+
+
+class ShuttingDown(Stopped):
+    """The worker received SIGTERM while the job ran."""
+
+
+class JobCancelled(Stopped):
+    """RunPod stopped this job (cancelled by its caller, or past its timeout)."""
+
+
+class JobScope:
+    """One job's stop switch and what must be stopped with it."""
+
+    def __init__(self, job_id: str = "") -> None:
+        self.job_id = job_id
+        self.reason: type[Stopped] | None = None
+        self._lock = threading.Lock()
+        self._stoppers: dict[int, Callable[[], None]] = {}
+        self._next = 0
+
+    @contextlib.contextmanager
+    def stopper(self, stop: Callable[[], None]) -> Iterator[None]:
+        """Run `stop` if the job is stopped while the block runs (at once if it already is)."""
+        with self._lock:
+            key = self._next
+            self._next += 1
+            self._stoppers[key] = stop
+            stopped = self.reason is not None
+        try:
+            if stopped:
+                _quietly(stop)
+            yield
+        finally:
+            with self._lock:
+                self._stoppers.pop(key, None)
+
+    def stop(self, reason: type[Stopped]) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            stoppers = list(self._stoppers.values())
+        for stop in stoppers:
+            _quietly(stop)
+
+    def raise_if_stopped(self) -> None:
+        if self.reason is not None:
+            raise self.reason(f"job {self.job_id} was stopped")
+
+
+def _quietly(stop: Callable[[], None]) -> None:
+    try:
+        stop()
+    except Exception:  # noqa: BLE001 - stopping must reach every stopper
+        log.debug("a stopper failed", exc_info=True)
+
+
+# The scope of the job this thread works for (asyncio.to_thread carries it into the thread).
+CURRENT_JOB: contextvars.ContextVar[JobScope | None] = contextvars.ContextVar("job", default=None)
 
 
 class _Lifetime:
-    """Process-wide, as signals are: what a SIGTERM must stop."""
+    """Process-wide, as signals are: the running jobs a SIGTERM must stop."""
 
     def __init__(self) -> None:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
-        self._procs: set[subprocess.Popen] = set()
-        self._job_dirs: set[Path] = set()
-        self._job_thread: int | None = None
+        self._jobs: dict[JobScope, Path | None] = {}
 
     @contextlib.contextmanager
-    def process(self, proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
-        """Kill `proc` on SIGTERM while the block runs."""
+    def job(self, scope: JobScope, job_dir: Path | None = None) -> Iterator[JobScope]:
+        """Run a job's code inside its scope (in this thread)."""
         with self._lock:
-            self._procs.add(proc)
+            self._jobs[scope] = job_dir
+        token = CURRENT_JOB.set(scope)
         try:
             if self.stopping.is_set():
-                proc.kill()
-            yield proc
+                scope.stop(ShuttingDown)
+            scope.raise_if_stopped()
+            yield scope
         finally:
+            CURRENT_JOB.reset(token)
             with self._lock:
-                self._procs.discard(proc)
+                self._jobs.pop(scope, None)
 
     @contextlib.contextmanager
-    def job(self, job_dir: Path) -> Iterator[None]:
-        """Marks the running job: SIGTERM raises ShuttingDown in this (the main) thread."""
-        self.raise_if_stopping()
-        with self._lock:
-            self._job_dirs.add(job_dir)
-            if threading.current_thread() is threading.main_thread():
-                self._job_thread = threading.get_ident()
-        try:
+    def stopper(self, stop: Callable[[], None]) -> Iterator[None]:
+        """Register `stop` with the current job (a no-op outside a job)."""
+        scope = CURRENT_JOB.get()
+        if scope is None:
             yield
-        finally:
-            with self._lock:
-                self._job_dirs.discard(job_dir)
-                self._job_thread = None
+            return
+        with scope.stopper(stop):
+            yield
 
     def raise_if_stopping(self) -> None:
+        scope = CURRENT_JOB.get()
+        if scope is not None:
+            scope.raise_if_stopped()
         if self.stopping.is_set():
             raise ShuttingDown("the worker is shutting down")
 
-    def stop(self) -> bool:
-        """Kill the running jobs' processes; True if a job runs on the main thread."""
+    def stop_all(self) -> None:
         self.stopping.set()
         with self._lock:
-            procs = list(self._procs)
-            in_job = self._job_thread is not None
-        for proc in procs:
-            with contextlib.suppress(OSError):
-                proc.kill()
-        return in_job
+            scopes = list(self._jobs)
+        for scope in scopes:
+            scope.stop(ShuttingDown)
 
     def remove_job_dirs(self) -> None:
         with self._lock:
-            dirs = list(self._job_dirs)
+            dirs = [d for d in self._jobs.values() if d is not None]
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -105,15 +164,13 @@ def ensure_sigterm_handler() -> None:
         return
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        log.warning("SIGTERM: stopping the running job and exiting")
-        in_job = LIFETIME.stop()
+        log.warning("SIGTERM: stopping the running jobs and exiting")
+        LIFETIME.stop_all()
         _start_exit_backstop()
         if callable(current):
             current(signum, frame)  # runpod ends its job loop; uvicorn its server
         elif current == signal.SIG_DFL:
             raise SystemExit(128 + signum)
-        if in_job:
-            raise ShuttingDown("the worker received SIGTERM")
 
     on_sigterm.stops_jobs = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -146,4 +203,3 @@ def sweep_job_dirs(work_dir: Path) -> list[str]:
         log.warning("removed %d job directories left by an earlier run: %s", len(removed),
                     ", ".join(sorted(removed)[:10]))
     return removed
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,10 @@ class Options:
     subtitle: SubtitleOptions = SubtitleOptions()  # cue limits for segments, SRT and VTT
 
 
+# progress(stage, chunks_done, chunks_total): "decoding", "transcribing", "aligning"
+Progress = Callable[[str, int, int], None]
+
+
 @dataclass
 class Timings:
     decode: float = 0.0
@@ -34,17 +39,21 @@ class Timings:
 
 def transcribe_file(path: Path, options: Options, engine: Engine, *, max_audio_seconds: float,
                     decode_workers: int = 1, info: AudioInfo | None = None,
-                    timings: Timings | None = None) -> Transcript:
+                    timings: Timings | None = None, progress: Progress | None = None
+                    ) -> Transcript:
     """Transcribe one audio or video file that ffmpeg can read."""
     timings = timings if timings is not None else Timings()
+    if progress is not None:
+        progress("decoding", 0, 0)
     t0 = time.perf_counter()
     samples = decode(path, max_seconds=max_audio_seconds, workers=decode_workers, info=info)
     timings.decode = time.perf_counter() - t0
-    return transcribe_samples(samples, options, engine, timings=timings)
+    return transcribe_samples(samples, options, engine, timings=timings, progress=progress)
 
 
 def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
-                       timings: Timings | None = None) -> Transcript:
+                       timings: Timings | None = None, progress: Progress | None = None
+                       ) -> Transcript:
     """Transcribe float32 mono 16 kHz samples."""
     timings = timings if timings is not None else Timings()
     warnings: list[str] = []
@@ -59,9 +68,11 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
     chunks = chunking.split(samples, options.chunk_seconds)
     views = [c.samples for c in chunks]
 
+    if progress is not None:
+        progress("transcribing", 0, len(chunks))
     t0 = time.perf_counter()
     outputs = _run_engine("transcription", lambda: engine.transcribe(
-        views, [options.language] * len(chunks), context))
+        views, [options.language] * len(chunks), [context] * len(chunks)))
     chunks, outputs = _retry_flawed(samples, chunks, outputs, options.language, context, engine,
                                     warnings)
     views = [c.samples for c in chunks]
@@ -79,6 +90,8 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
             )
         t0 = time.perf_counter()
         if alignable:
+            if progress is not None:
+                progress("aligning", 0, len(alignable))
             aligned = _run_engine("alignment", lambda: engine.align(
                 [views[i] for i in alignable], [outputs[i].text for i in alignable],
                 [outputs[i].language for i in alignable]))
@@ -123,7 +136,7 @@ def _retry_flawed(samples: np.ndarray, chunks: list[chunking.Chunk], outputs: li
     halves = {i: repair.split_at_quietest(chunks[i], samples) for i in todo}
     flat = [h for i in todo for h in halves[i]]
     retried = _run_engine("transcription", lambda: engine.transcribe(
-        [h.samples for h in flat], [language] * len(flat), context))
+        [h.samples for h in flat], [language] * len(flat), [context] * len(flat)))
     new_chunks: list[chunking.Chunk] = []
     new_outputs: list[AsrOutput] = []
     for i, (chunk, out) in enumerate(zip(chunks, outputs)):

@@ -1,7 +1,12 @@
-"""One job: validate -> fetch -> probe -> transcribe -> format, with every failure mapped to a code."""
+"""One job: validate -> fetch -> probe -> transcribe -> format, with every failure mapped to a code.
+
+Jobs run concurrently, each in a thread of its own (downloads and decodes overlap); their
+engine calls meet in the one `BatchScheduler`, which shares GPU batches between them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import shutil
@@ -14,28 +19,16 @@ from .config import Settings
 from .decode import (AudioTooLong, DecodeError, DecoderKilled, EmptyAudio, NoAudioStream,
                      TruncatedAudio, probe)
 from .download import DownloadPolicy, decode_base64, fetch_url
-from .engine import Engine, EngineError
+from .engine import Engine, EngineError, is_fatal_gpu_error
 from .errors import ErrorCode, WorkerError
 from .formats import WRITERS
-from .lifecycle import JOB_DIR_PREFIX, LIFETIME, ShuttingDown, ensure_sigterm_handler, sweep_job_dirs
-from .pipeline import Timings, transcribe_file
+from .lifecycle import (JOB_DIR_PREFIX, LIFETIME, JobCancelled, JobScope, ShuttingDown,
+                        ensure_sigterm_handler, sweep_job_dirs)
+from .pipeline import Progress, Timings, transcribe_file
 from .request import parse_request
+from .scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
-
-# Exception names and messages after which the GPU or the engine cannot be trusted again.
-_FATAL_NAMES = ("EngineDeadError", "OutOfMemoryError", "AcceleratorError")
-_FATAL_TEXT = ("CUDA error", "CUDA out of memory", "cuDNN error", "CUBLAS_STATUS",
-               "device-side assert", "NCCL error")
-
-
-def is_fatal_gpu_error(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if type(seen).__name__ in _FATAL_NAMES or any(t in str(seen) for t in _FATAL_TEXT):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -48,24 +41,43 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 class Worker:
-    """Holds the loaded engine; `handle` serves one job and never raises."""
+    """Holds the loaded engine behind its scheduler; `handle_async` is RunPod's handler."""
 
     def __init__(self, settings: Settings, engine: Engine):
         self.settings = settings
         self.engine = engine
+        self.scheduler = BatchScheduler(engine, gather_seconds=settings.scheduler_gather_s,
+                                        max_chunks=settings.scheduler_max_chunks)
         self.policy = DownloadPolicy(max_bytes=settings.max_download_bytes,
                                      total_seconds=settings.download_timeout_s)
         Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
         sweep_job_dirs(Path(settings.work_dir))
 
-    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter()
+    async def handle_async(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job runs in a thread; the event loop stays free to take jobs and stop signals."""
         ensure_sigterm_handler()
+        scope = JobScope(str(job.get("id", "")))
+        try:
+            return await asyncio.to_thread(self.handle, job, scope)
+        except asyncio.CancelledError:  # RunPod stopped the job: stop its thread's work too
+            scope.stop(JobCancelled)
+            log.info("job %s stopped by RunPod", job.get("id"))
+            raise
+
+    def concurrency(self, current: int) -> int:
+        # A constant: runpod 1.12 re-sizes only when no job is in flight.
+        return self.settings.max_concurrency
+
+    def handle(self, job: dict[str, Any], scope: JobScope | None = None) -> dict[str, Any]:
+        """Serve one job in this thread; returns its output or its error, never raises
+        (except JobCancelled, which only a stopped job's own thread sees)."""
+        started = time.perf_counter()
+        scope = scope if scope is not None else JobScope(str(job.get("id", "")))
         job_dir: Path | None = None
         try:
             job_dir = Path(tempfile.mkdtemp(prefix=JOB_DIR_PREFIX, dir=self.settings.work_dir))
-            with LIFETIME.job(job_dir):
-                return self._run(job.get("input"), job_dir, started)
+            with LIFETIME.job(scope, job_dir):
+                return self._run(job.get("input"), job_dir, started, self._progress(job))
         except WorkerError as err:
             log.info("job %s failed: %s", job.get("id"), err.code.value)
             return err.to_output()
@@ -73,6 +85,9 @@ class Worker:
             log.warning("job %s stopped: the worker is shutting down", job.get("id"))
             return WorkerError(ErrorCode.WORKER_SHUTDOWN, "the worker was stopped while the job "
                                "ran; retry the job").to_output()
+        except JobCancelled:
+            log.info("job %s: its work stopped", job.get("id"))
+            raise
         except Exception as exc:  # a bug must not take the worker down or leak paths
             if is_disk_full(exc):
                 log.error("job %s failed: the disk under WORK_DIR is full", job.get("id"))
@@ -87,12 +102,33 @@ class Worker:
             if job_dir is not None:
                 shutil.rmtree(job_dir, ignore_errors=True)
 
-    def _run(self, job_input: Any, job_dir: Path, started: float) -> dict[str, Any]:
+    def _progress(self, job: dict[str, Any]) -> Progress | None:
+        """Progress for RunPod's /status, posted from this job's thread and waited for.
+
+        runpod's `progress_update` posts from a thread of its own, so on a fast job a late
+        update could land after the job's result; `_thread_target` is that thread's body.
+        """
+        if not self.settings.progress_updates:
+            return None
+        from runpod.serverless.modules.rp_progress import _thread_target
+
+        def send(stage: str, done: int, total: int) -> None:
+            try:
+                _thread_target(job, {"stage": stage, "chunks_done": done, "chunks_total": total})
+            except Exception:  # noqa: BLE001 - progress is best effort, the job goes on
+                log.warning("job %s: progress update failed", job.get("id"), exc_info=True)
+
+        return send
+
+    def _run(self, job_input: Any, job_dir: Path, started: float,
+             progress: Progress | None) -> dict[str, Any]:
         s = self.settings
         request = parse_request(job_input, s.max_context_chars)
         timings = Timings()
 
         t0 = time.perf_counter()
+        if progress is not None:
+            progress("downloading", 0, 0)
         if request.audio_url is not None:
             path = fetch_url(request.audio_url, job_dir, self.policy)
         else:
@@ -101,10 +137,10 @@ class Worker:
 
         try:
             info = probe(path)
-            transcript = transcribe_file(path, request.options, self.engine,
+            transcript = transcribe_file(path, request.options, self.scheduler.engine_for_job(),
                                          max_audio_seconds=s.max_audio_seconds,
                                          decode_workers=s.decode_workers, info=info,
-                                         timings=timings)
+                                         timings=timings, progress=progress)
         except AudioTooLong as exc:
             raise WorkerError(ErrorCode.AUDIO_TOO_LONG, str(exc)) from None
         except (NoAudioStream, EmptyAudio) as exc:
