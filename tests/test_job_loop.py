@@ -100,3 +100,73 @@ def test_sigterm_stops_a_stalled_download_and_the_worker_exits(api, model_dirs, 
         assert list(work.iterdir()) == []
     finally:
         worker.close()
+
+
+def test_concurrent_jobs_under_runpods_loop_share_calls_and_post_exactly_what_they_should(
+        api, model_dirs, tmp_path, host):
+    """Four jobs at once (MAX_CONCURRENCY=4): three valid ones of different lengths and one
+    404. Each result is posted once, to its own job, with its own content; the valid jobs
+    post progress first; their chunks met in shared engine calls."""
+    work = tmp_path / "work"
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], work,
+                     DOWNLOAD_ALLOW_LOOPBACK="true", MAX_CONCURRENCY="4",
+                     SCHEDULER_GATHER_MS="500")
+    lengths = {"a": 4.0, "b": 7.0, "c": 5.0}
+    for name, seconds in lengths.items():
+        api.submit(name, {"audio_url": host.file(f"/cc/{name}.wav", media.make_audio(
+            tmp_path / f"{name}.wav", seconds, rate=16000).read_bytes(), "audio/wav")})
+    api.submit("missing", {"audio_url": host.status("/cc/missing", 404)})
+    worker = JobLoopWorker(api, env, tmp_path / "worker.log")
+    try:
+        results = api.wait_for(4, 180)
+        time.sleep(1.0)  # anything posted late would arrive now
+        finals = [p for p in api.posts if p.body.get("status") != "IN_PROGRESS"]
+        assert sorted(p.job_id for p in finals) == ["a", "b", "c", "missing"]  # once each
+        assert all(p.request_id == p.job_id for p in finals), [
+            (p.job_id, p.request_id) for p in finals]
+        for name, seconds in lengths.items():
+            output = results[name]["output"]
+            assert output["text"] == ENGLISH and output["duration"] == pytest.approx(seconds, 0.01)
+            stages = [b["output"]["stage"] for b in api.progress(name)]
+            assert stages[:2] == ["downloading", "decoding"] and "aligning" in stages
+            last_progress = max(p.at for p in api.posts
+                                if p.job_id == name and p.body.get("status") == "IN_PROGRESS")
+            final = next(p.at for p in finals if p.job_id == name)
+            assert last_progress <= final  # progress never lands after the result
+        assert results["missing"]["error"].startswith("DOWNLOAD_FAILED: ")
+        assert api.progress("missing") == [{"status": "IN_PROGRESS", "output": {
+            "stage": "downloading", "chunks_done": 0, "chunks_total": 0}}]
+        # Jobs were taken together, and their chunks shared engine calls.
+        assert max(n for _, n in api.takes) >= 2
+        calls = [ln for ln in worker.log().splitlines() if "engine asr call" in ln]
+        assert len(calls) < 3 and any(" of 1 jobs" not in ln for ln in calls), calls
+        assert list(work.iterdir()) == []
+    finally:
+        worker.close()
+
+
+def test_a_job_stopped_by_runpod_is_dropped_and_the_worker_serves_the_next(
+        api, model_dirs, tmp_path, host):
+    mp3 = media.make_audio(tmp_path / "a.mp3", 8.0).read_bytes()
+    work = tmp_path / "work"
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], work,
+                     DOWNLOAD_ALLOW_LOOPBACK="true", MAX_CONCURRENCY="2")
+    worker = JobLoopWorker(api, env, tmp_path / "worker.log")
+    try:
+        api.submit("stalled", {"audio_url": host.stall("/st/x.mp3", mp3, after=4096, seconds=60)})
+        end = time.monotonic() + 180
+        while not list(work.glob("job-*/input")) and time.monotonic() < end:
+            time.sleep(0.1)
+        with api.lock:
+            api.stops.append("stalled")  # RunPod's stop channel: cancelled by its caller
+        api.submit("next", {"audio_base64": _wav_b64(tmp_path)})
+        results = api.wait_for(1, 120)
+        assert results["next"]["output"]["text"] == ENGLISH
+        end = time.monotonic() + 10
+        while list(work.iterdir()) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert list(work.iterdir()) == []  # the stopped job's directory went with it
+        assert "stalled" not in api.results()  # runpod posts nothing for a stopped job
+        assert worker.children() == []
+    finally:
+        worker.close()
