@@ -180,3 +180,22 @@ def test_concurrent_worker_jobs_share_engine_calls_with_the_real_engine(model_di
     assert worker.scheduler.calls["asr"] < len(jobs)
     assert worker.scheduler.calls["align"] < len(jobs)
     assert list((tmp_path / "jobs").iterdir()) == []
+
+
+def test_transformers_generate_calls_are_bounded_by_padded_audio(model_dirs, monkeypatch):
+    settings = settings_for(model_dirs["english"], model_dirs["aligner"],
+                            ASR_BATCH_SECONDS="60", ASR_BATCH_SIZE="3")
+    engine = load_engine(settings)
+    seen: list[list[float]] = []
+    real = engine._model._infer_asr
+
+    def infer(contexts, wavs, languages):
+        seen.append([w.size / SR for w in wavs])
+        return real(contexts, wavs, languages)
+
+    monkeypatch.setattr(engine._model, "_infer_asr", infer)
+    lengths = [30, 10, 10, 10, 20]
+    outs = engine.transcribe([clip(s) for s in lengths], ["English"] * 5, [""] * 5)
+    # Longest first; 2 x 30 s fits 60 s of padded audio, 3 x 30 s does not; at most 3 a call.
+    assert seen == [[30, 20], [10, 10, 10]]
+    assert [o.text for o in outs] == [ENGLISH] * 5  # back in the callers' order

@@ -81,7 +81,7 @@ def _vllm_settings(model_dirs, **env):
 
 def _asr_request(engine, llm, seconds: float, language: str | None = None) -> dict:
     """The request qwen-asr really builds for one chunk of silence of this length."""
-    engine.transcribe([np.zeros(int(seconds * SECOND), np.float32)], [language], "")
+    engine.transcribe([np.zeros(int(seconds * SECOND), np.float32)], [language], [""])
     (request,) = llm.calls[-1]
     return request
 
@@ -150,12 +150,12 @@ def test_a_prompt_over_max_model_len_is_a_value_error(fake_vllm, model_dirs):
     length = len(out.prompt_token_ids)
 
     exact = load_engine(dataclasses.replace(settings, vllm_max_model_len=length))
-    (fits,) = exact.transcribe([np.zeros(300 * SECOND, np.float32)], [None], "")
+    (fits,) = exact.transcribe([np.zeros(300 * SECOND, np.float32)], [None], [""])
     assert fits.output_tokens >= 1  # no room left: vLLM still makes one token, then stops
     short = load_engine(dataclasses.replace(settings, vllm_max_model_len=length - 1))
     with pytest.raises(ValueError, match=rf"The decoder prompt \(length {length}\) is longer than "
                                          rf"the maximum model length of {length - 1}\."):
-        short.transcribe([np.zeros(300 * SECOND, np.float32)], [None], "")
+        short.transcribe([np.zeros(300 * SECOND, np.float32)], [None], [""])
 
 
 def test_outputs_carry_token_ids_and_finish_reason(fake_vllm, model_dirs):
@@ -178,10 +178,10 @@ def test_outputs_carry_token_ids_and_finish_reason(fake_vllm, model_dirs):
     assert fake_vllm.SCRIPT.startswith(part.text) and part.text != fake_vllm.SCRIPT
 
     # the worker sees a reply cut by MAX_NEW_TOKENS as one that hit the limit
-    assert not engine.transcribe([np.zeros(5 * SECOND, np.float32)], [None], "")[0].hit_token_limit
+    assert not engine.transcribe([np.zeros(5 * SECOND, np.float32)], [None], [""])[0].hit_token_limit
     fake_vllm.CREATED.clear()
     limited = load_engine(_vllm_settings(model_dirs, MAX_NEW_TOKENS="4"))
-    (result,) = limited.transcribe([np.zeros(5 * SECOND, np.float32)], [None], "")
+    (result,) = limited.transcribe([np.zeros(5 * SECOND, np.float32)], [None], [""])
     assert result.hit_token_limit
     assert fake_vllm.CREATED[0].sampling_params.kwargs["max_tokens"] == 4
 

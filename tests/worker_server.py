@@ -81,9 +81,10 @@ class WorkerServer:
         self._log.close()
 
 
-def run_test_input(env: dict[str, str], job: dict, timeout: float = 180.0
-                   ) -> subprocess.CompletedProcess:
-    """`python src/handler.py --test_input '<json>'`: runpod's one-shot local mode."""
+def run_test_input(env: dict[str, str], job: dict, timeout: float = 180.0,
+                   script: Path = ROOT / "src" / "handler.py") -> subprocess.CompletedProcess:
+    """`python <script> --test_input '<json>'`: runpod's one-shot local mode (the script is
+    src/handler.py, or .runpod/handler.py, the Hub's entry point)."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "src" / "handler.py"), "--test_input", json.dumps(job)],
+        [sys.executable, str(script), "--test_input", json.dumps(job)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

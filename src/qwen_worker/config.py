@@ -35,6 +35,7 @@ class Settings:
     max_new_tokens: int
     aligner_batch_size: int
     asr_batch_size: int
+    asr_batch_seconds: float
     device: str  # transformers backend: "cuda" | "cpu"
     dtype: str  # "bfloat16" | "float16" | "float32"
     vllm_max_model_len: int
@@ -157,8 +158,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # padded batches lose the unmasked attention path) and needs the least memory.
         aligner_batch_size=_int(env, "ALIGNER_BATCH_SIZE", 1, 1, 256),
         # transformers backend only: its prefill keeps full-vocabulary logits for every audio
-        # token (~1.1 GiB per 270 s chunk), so 8 chunks per generate call fit a 24 GB card.
-        asr_batch_size=_int(env, "ASR_BATCH_SIZE", 8, 1, 1024),
+        # token (~1.1 GiB per 270 s chunk), so a generate call holds at most 2160 s of padded
+        # audio (8 long chunks, or 32 clips of 30 s) to fit a 24 GB card.
+        asr_batch_size=_int(env, "ASR_BATCH_SIZE", 32, 1, 1024),
+        asr_batch_seconds=_float(env, "ASR_BATCH_SECONDS", 2160.0, 30.0, 1e6),
         device=device,
         dtype=dtype,
         # 270 s -> 3510 audio tokens + prompt + up to MAX_NEW_TOKENS output.
@@ -180,14 +183,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         work_dir=env.get("WORK_DIR", "").strip() or tempfile.gettempdir(),
         download_allow_loopback=_bool(env, "DOWNLOAD_ALLOW_LOOPBACK", False),
         log_level=env.get("LOG_LEVEL", "").strip().upper() or "INFO",
-        # 8 jobs on a GPU: their chunks share engine calls, and 8 short clips fill one
-        # transformers batch (ASR_BATCH_SIZE); long files queue inside vLLM. Each job also
-        # holds its decoded audio in host memory (~230 MB per audio hour).
+        # 8 jobs on a GPU: their chunks share engine calls (up to 32 short clips in one
+        # transformers generate call); long files queue inside vLLM. Each job also holds its
+        # decoded audio in host memory (~230 MB per audio hour).
         max_concurrency=_int(env, "MAX_CONCURRENCY", 8 if device == "cuda" else 2, 1, 256),
         scheduler_gather_s=_int(env, "SCHEDULER_GATHER_MS", 20, 0, 10000) / 1000.0,
         scheduler_max_chunks=_int(env, "SCHEDULER_MAX_CHUNKS", 0, 0, 4096) or (
             _int(env, "VLLM_MAX_NUM_SEQS", 64, 1, 1024) if backend == "vllm"
-            else _int(env, "ASR_BATCH_SIZE", 8, 1, 1024)),
+            else _int(env, "ASR_BATCH_SIZE", 32, 1, 1024)),
         # The SDK takes jobs from RunPod only when this is set (else it runs locally).
         progress_updates=bool(env.get("RUNPOD_WEBHOOK_GET_JOB", "").strip()),
     )

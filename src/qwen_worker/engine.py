@@ -121,7 +121,8 @@ class QwenEngine:
 
     def __init__(self, model: Any, *, backend: str, asr_model: str, aligner_model: str,
                  max_new_tokens: int, aligner_batch_size: int, max_context_tokens: int,
-                 device: str):
+                 device: str, asr_batch_seconds: float = float("inf"),
+                 asr_batch_size: int = 1 << 30):
         from qwen_asr.inference.utils import detect_and_fix_repetitions, parse_asr_output
 
         self._model = model
@@ -139,6 +140,8 @@ class QwenEngine:
         self.aligner_batch_size = aligner_batch_size
         self.max_context_tokens = max_context_tokens
         self.device = device
+        self.asr_batch_seconds = asr_batch_seconds
+        self.asr_batch_size = asr_batch_size
         declared = model.forced_aligner.get_supported_languages()
         # The aligner config lists lower-case names; an aligner that declares none gets the known 11.
         self.aligner_languages = (
@@ -159,10 +162,32 @@ class QwenEngine:
                                           [_padded(c) for c, _, _ in items],
                                           [lang for _, lang, _ in items])
 
-        raw = halve_on_oom(run, list(zip(chunks, languages, contexts)), self.device)
-        if len(raw) != len(chunks):
-            raise EngineError(f"the ASR model returned {len(raw)} outputs for {len(chunks)} chunks")
+        if isinstance(contexts, str) or len(contexts) != len(chunks):
+            raise TypeError("contexts must be a list with one context per chunk")
+        items = list(zip(chunks, languages, contexts))
+        raw: list[str] = [""] * len(items)
+        for group in self._asr_slices([c.shape[0] for c in chunks]):
+            texts = halve_on_oom(run, [items[i] for i in group], self.device)
+            if len(texts) != len(group):
+                raise EngineError(f"the ASR model returned {len(texts)} outputs for "
+                                  f"{len(group)} chunks")
+            for i, text in zip(group, texts):
+                raw[i] = text
         return [self._read_output(text, forced) for text, forced in zip(raw, languages)]
+
+    def _asr_slices(self, lengths: list[int]) -> list[list[int]]:
+        """Generate calls by padded audio: longest first, each call's count x longest chunk
+        within ASR_BATCH_SECONDS and at most ASR_BATCH_SIZE chunks (vLLM: one call)."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        budget = self.asr_batch_seconds * SAMPLE_RATE
+        slices: list[list[int]] = []
+        for i in order:
+            if (slices and len(slices[-1]) < self.asr_batch_size
+                    and (len(slices[-1]) + 1) * lengths[slices[-1][0]] <= budget):
+                slices[-1].append(i)
+            else:
+                slices.append([i])
+        return slices
 
     def fit_context(self, context: str) -> tuple[str, bool]:
         """Cut the context to MAX_CONTEXT_TOKENS (the token budget checked at start-up)."""
@@ -280,4 +305,7 @@ def load_engine(settings: Settings) -> QwenEngine:
                       max_new_tokens=settings.max_new_tokens,
                       aligner_batch_size=settings.aligner_batch_size,
                       max_context_tokens=settings.max_context_tokens,
-                      device=settings.device)
+                      device=settings.device,
+                      **({} if settings.backend == "vllm" else {
+                          "asr_batch_seconds": settings.asr_batch_seconds,
+                          "asr_batch_size": settings.asr_batch_size}))
