@@ -6,7 +6,7 @@ import numpy as np
 
 from qwen_worker.chunking import Chunk
 from qwen_worker.engine import AlignedToken, AsrOutput
-from qwen_worker.merge import build_segments, merge_chunks, punctuate
+from qwen_worker.merge import Word, align_words, build_segments, merge_chunks
 
 
 def _out(text: str, language: str = "English") -> AsrOutput:
@@ -30,7 +30,7 @@ def _tokens(words: list[str], step: float = 0.5) -> list[AlignedToken]:
 def test_punctuation_and_casing_go_back_onto_aligned_words():
     text = '"Hello," she said — "it\'s 3.5 well-known things!" OK.'
     tokens = _tokens(["Hello", "she", "said", "it's", "35", "wellknown", "things", "OK"])
-    words = punctuate(text, tokens)
+    words = align_words(text, tokens, "English", 10.0).words
     assert [w.word for w in words] == ['"Hello,"', "she", "said —", '"it\'s', "3.5",
                                        "well-known", 'things!"', "OK."]
     assert [w.start for w in words] == [t.start for t in tokens]
@@ -38,13 +38,16 @@ def test_punctuation_and_casing_go_back_onto_aligned_words():
 
 def test_chinese_characters_keep_their_punctuation():
     text = "你好，世界。“这是”测试。"
-    words = punctuate(text, _tokens(list("你好世界这是测试")))
+    words = align_words(text, _tokens(list("你好世界这是测试")), "Chinese", 10.0).words
     assert [w.word for w in words] == ["你", "好，", "世", "界。", "“这", "是”", "测", "试。"]
     assert not any(w.space_before for w in words)
 
 
-def test_tokens_that_do_not_spell_the_text_are_reported():
-    assert punctuate("Hello world", _tokens(["Hello", "there"])) is None
+def test_tokens_that_do_not_spell_the_text_keep_the_text_and_count_the_misses():
+    mapped = align_words("Hello world", _tokens(["Hello", "there"]), "English", 10.0)
+    assert [w.word for w in mapped.words] == ["Hello", "world"]
+    assert (mapped.placed, mapped.missed, mapped.dropped) == (1, 1, 1)
+    assert mapped.words[1].estimated and mapped.words[1].start >= mapped.words[0].end
 
 
 def test_offsets_shift_words_into_file_time_and_seams_get_a_space():
@@ -88,6 +91,7 @@ def test_language_is_the_longest_spoken_and_languages_keep_first_appearance():
     assert t.languages == ["English", "Chinese"]
     assert t.text == "Hi. 你好。 Bye."
     assert t.words == [] and [s.start for s in t.segments] == [0.0, 50.0, 250.0]
+    assert any("estimated" in w and "0, 1, 2" in w for w in t.warnings)
 
 
 def test_silent_chunk_adds_nothing():
@@ -98,10 +102,37 @@ def test_silent_chunk_adds_nothing():
 
 
 def test_segments_cut_at_pauses_and_length():
-    from qwen_worker.merge import Word
     words = [Word("one", 0, 0.4), Word("two", 0.5, 0.9), Word("three", 3.0, 3.4)]
     assert [s.text for s in build_segments(words)] == ["one two", "three"]
     many = [Word(f"word{i}", i * 0.3, i * 0.3 + 0.2) for i in range(60)]
     segs = build_segments(many)
-    assert all(len(s.text) <= 84 and s.end - s.start <= 7.0 for s in segs)
+    assert all(len(s.text) <= 85 and s.end - s.start <= 7.0 for s in segs)
     assert " ".join(s.text for s in segs) == " ".join(w.word for w in many)
+
+
+def test_units_out_of_step_with_the_text_time_only_the_words_they_spell():
+    text = "He said apple pie is good."
+    units = _tokens(["He", "said", "a", "apple", "pie", "zzz", "is", "good"])  # "a", "zzz" extra
+    mapped = align_words(text, units, "English", 10.0)
+    assert [(w.word, w.estimated) for w in mapped.words] == [
+        ("He", False), ("said", False), ("apple", False), ("pie", False), ("is", False),
+        ("good.", False)]
+    assert mapped.dropped == 2 and mapped.missed == 0
+    # A last unit that is only the head of a word does not split it.
+    tail = align_words("He said apple.", _tokens(["He", "said", "a"]), "English", 10.0)
+    assert [(w.word, w.estimated) for w in tail.words] == [
+        ("He", False), ("said", False), ("apple.", True)]
+
+
+def test_missed_words_are_timed_between_their_placed_neighbours():
+    units = [AlignedToken("one", 1.0, 1.5), AlignedToken("four", 5.0, 5.5)]
+    words = align_words("one two sixty four", units, "English", 10.0).words
+    # 3.5 s between "one" and "four", shared 3:5 by characters
+    assert [(w.word, w.start, w.end) for w in words] == [
+        ("one", 1.0, 1.5), ("two", 1.5, 2.8125), ("sixty", 2.8125, 5.0), ("four", 5.0, 5.5)]
+
+
+def test_a_chunk_without_units_is_spread_over_the_chunk_by_characters():
+    words = align_words("aa bb cccc", None, "Arabic", 8.0).words
+    assert [(w.word, w.start, w.end, w.estimated) for w in words] == [
+        ("aa", 0.0, 2.0, True), ("bb", 2.0, 4.0, True), ("cccc", 4.0, 8.0, True)]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from .merge import Segment, Transcript
+from .subtitles import wrap
 
 
 def _clock(seconds: float, decimal: str) -> str:
@@ -15,29 +17,41 @@ def _clock(seconds: float, decimal: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{decimal}{ms:03d}"
 
 
-def _cue_text(segment: Segment) -> str:
-    # A blank line ends a cue in both formats, and "-->" would read as a timing line.
-    lines = [ln.strip() for ln in segment.text.replace("-->", "->").splitlines()]
-    return "\n".join(ln for ln in lines if ln)
+def _lines(transcript: Transcript, segment: Segment) -> list[str]:
+    # One line of segment text -> at most max_line_count lines; never a blank line, which
+    # would end the cue in both formats.
+    return wrap(segment.text, transcript.subtitle)
 
 
-def _cues(transcript: Transcript) -> list[Segment]:
-    return [s for s in transcript.segments if _cue_text(s)]
+def _srt_line(line: str) -> str:
+    # SRT has no escapes; "-->" would read as a timing line ("--->" too, hence the regex).
+    return re.sub(r"-{2,}>", "->", line)
+
+
+def _vtt_line(line: str) -> str:
+    # "&" and "<" start entities and tags in WebVTT cue text, and a cue must not contain
+    # "-->": escaping ">" too removes it without changing what is shown.
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_srt(transcript: Transcript) -> str:
     blocks = []
-    for n, seg in enumerate(_cues(transcript), start=1):
-        blocks.append(f"{n}\n{_clock(seg.start, ',')} --> {_clock(seg.end, ',')}\n{_cue_text(seg)}\n")
+    for seg in transcript.segments:
+        lines = _lines(transcript, seg)
+        if lines:
+            text = "\n".join(_srt_line(ln) for ln in lines)
+            blocks.append(f"{len(blocks) + 1}\n{_clock(seg.start, ',')} --> "
+                          f"{_clock(seg.end, ',')}\n{text}\n")
     return "\n".join(blocks)
 
 
 def to_vtt(transcript: Transcript) -> str:
     blocks = ["WEBVTT\n"]
-    for seg in _cues(transcript):
-        # "&" and "<" start entities and tags in cue text.
-        text = _cue_text(seg).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        blocks.append(f"{_clock(seg.start, '.')} --> {_clock(seg.end, '.')}\n{text}\n")
+    for seg in transcript.segments:
+        lines = _lines(transcript, seg)
+        if lines:
+            text = "\n".join(_vtt_line(ln) for ln in lines)
+            blocks.append(f"{_clock(seg.start, '.')} --> {_clock(seg.end, '.')}\n{text}\n")
     return "\n".join(blocks)
 
 

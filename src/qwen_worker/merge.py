@@ -1,40 +1,30 @@
 """Chunk results -> one transcript in file time.
 
-`merge_chunks` is the one function that applies chunk offsets. Around it: putting the ASR
-text's punctuation and casing back onto the aligner's bare tokens, and cutting segments.
+`merge_chunks` is the one function that applies chunk offsets. Around it: `align_words` puts
+the aligner's bare units back onto the ASR text as written (punctuation, casing, the characters
+the aligner normalised), and `subtitles.build_segments` cuts cues.
+
+Integrity, for every result: the segments' texts, concatenated, equal `text` up to whitespace
+(every chunk with text is in the segments, aligned or not); `words` holds every word of every
+chunk that went through the aligner, in order. Where there is no aligner time (a language the
+aligner lacks, a word it missed, a chunk it returned nothing for), times are estimated from
+character counts and `warnings` says so.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .chunking import Chunk
 from .engine import AlignedToken, AsrOutput
 from .languages import is_unspaced
+from .subtitles import (Segment, SubtitleOptions, Word, build_segments, cuts_freely,
+                        is_kept)
 
-SENTENCE_END = frozenset(".!?。！？…؟।")
-_CLOSERS = "\"')]}»”’」』）》"
-MAX_SEGMENT_CHARS = 84  # two subtitle lines of 42
-MAX_SEGMENT_SECONDS = 7.0
-PAUSE_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class Word:
-    word: str
-    start: float
-    end: float
-    space_before: bool = field(default=True, repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    start: float
-    end: float
-    text: str
+__all__ = ["ChunkInfo", "ChunkWords", "Segment", "SubtitleOptions", "Transcript", "Word",
+           "align_words", "build_segments", "merge_chunks"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +46,8 @@ class Transcript:
     segments: list[Segment]
     chunks: list[ChunkInfo]
     warnings: list[str]
+    # How the segments were cut; the SRT and VTT writers break lines with the same limits.
+    subtitle: SubtitleOptions = field(default=SubtitleOptions(), repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {
@@ -70,62 +62,256 @@ class Transcript:
         }
 
 
-def _kept(ch: str) -> bool:
-    # The aligner keeps letters, digits and apostrophes (qwen-asr's is_kept_char).
-    return ch == "'" or unicodedata.category(ch)[0] in "LN"
+# ---- aligner units -> words as written ----------------------------------------------------
+
+@dataclass(frozen=True)
+class ChunkWords:
+    """One chunk's text as words in chunk time."""
+
+    words: list[Word]  # every non-space character of the text, in order, in exactly one word
+    spoken: bool  # the text has letters or digits (else `words` are bare marks such as "♪")
+    placed: int  # words timed by the aligner
+    missed: int  # words the aligner did not place: times estimated between their neighbours
+    dropped: int  # aligner units that matched no text
 
 
-def punctuate(text: str, tokens: Sequence[AlignedToken]) -> list[Word] | None:
-    """Map each aligner token back onto its span of `text`, punctuation and casing included.
+@dataclass
+class _Atom:
+    """The letters and digits of one word: text[a:b], and its aligner units (none if missed)."""
 
-    Times stay in chunk time. Returns None when the tokens do not spell out the text's
-    letters and digits in order (then the caller falls back to the bare tokens).
-    """
-    if not tokens:
-        return []
-    first = [-1] * len(tokens)
-    last = [-1] * len(tokens)
-    t, c = 0, 0
-    for pos, ch in enumerate(text):
-        if not _kept(ch):
+    a: int
+    b: int
+    units: list[int]
+    start: float = 0.0
+    end: float = 0.0
+
+
+def _nfkc_clusters(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of `text` that NFKC normalises on their own: a character and whatever composes
+    with it (half-width "ﾃﾞ" -> "デ", a base and its combining marks)."""
+    start = 0
+    for i in range(1, len(text)):
+        head, ch = text[start:i], text[i]
+        if (unicodedata.normalize("NFKC", head + ch)
+                == unicodedata.normalize("NFKC", head) + unicodedata.normalize("NFKC", ch)):
+            yield start, i
+            start = i
+    if text:
+        yield start, len(text)
+
+
+def _stream(text: str, language: str) -> tuple[str, list[tuple[int, int]]]:
+    """The characters the aligner builds its units from, each with the span of `text` it comes
+    from. qwen-asr splits Japanese with nagisa, which first NFKC-normalises and turns "İ" into
+    "I" ("ＡＢＣ１２３" -> "ABC123", "℃" -> "°C", "ｶﾀｶﾅ" -> "カタカナ", "½" -> "1⁄2"); every
+    other language (per-character CJK, soynlp Korean, whitespace words) keeps the text as
+    written. Either way only letters, digits and "'" survive (is_kept_char)."""
+    chars: list[str] = []
+    spans: list[tuple[int, int]] = []
+    if language.lower() == "japanese" and not text.isascii():
+        for a, b in _nfkc_clusters(text):
+            for ch in unicodedata.normalize("NFKC", text[a:b]).replace("İ", "I"):
+                if is_kept(ch):
+                    chars.append(ch)
+                    spans.append((a, b))
+    else:
+        for i, ch in enumerate(text):
+            if is_kept(ch):
+                chars.append(ch)
+                spans.append((i, i + 1))
+    return "".join(chars), spans
+
+
+def _owners(stream: str, units: Sequence[AlignedToken], text: str,
+            spans: list[tuple[int, int]]) -> list[int]:
+    """For each stream character, the index of the unit it belongs to, or -1."""
+    unit_of = [k for k, u in enumerate(units) for _ in u.text]
+    if stream == "".join(u.text for u in units):
+        return unit_of
+
+    # Units out of step with the text (too few, too many, not spelled like the text): walk
+    # both in order. A unit that is not next in the text is looked for further on together
+    # with the two units after it, so that a stray short unit ("the") cannot pull the walk
+    # past words it does not own; a unit found nowhere is dropped.
+    def may_end(k: int, end: int) -> bool:
+        # where a written word ends, beside CJK, or where the next unit goes on ("학교" + "에")
+        if end >= len(stream):
+            return True
+        left, right = spans[end - 1], spans[end]
+        if (left == right or any(ch.isspace() for ch in text[left[1]:right[0]])
+                or cuts_freely(text[left[1] - 1]) or cuts_freely(text[right[0]])):
+            return True
+        return k + 1 < len(units) and stream.startswith(units[k + 1].text, end)
+
+    def locate(k: int, pos: int) -> int:
+        n = min(3, len(units) - k)
+        probe = "".join(u.text for u in units[k:k + n])
+        at = stream.find(probe, pos)
+        while at >= 0 and not may_end(k + n - 1, at + len(probe)):
+            at = stream.find(probe, at + 1)
+        return at
+
+    owner = [-1] * len(stream)
+    pos = 0
+    for k, unit in enumerate(units):
+        if not unit.text:
             continue
-        while t < len(tokens) and c >= len(tokens[t].text):
-            t, c = t + 1, 0
-        if t >= len(tokens) or tokens[t].text[c] != ch:
-            return None
-        if c == 0:
-            first[t] = pos
-        last[t] = pos
-        c += 1
-    if t != len(tokens) - 1 or c != len(tokens[t].text) or -1 in first:
-        return None
-
-    words: list[Word] = []
-    begin = 0
-    for k, token in enumerate(tokens):
-        end = _boundary(text, last[k] + 1, first[k + 1]) if k + 1 < len(tokens) else len(text)
-        spaced = k > 0 and any(ch.isspace() for ch in text[last[k - 1] + 1:first[k]])
-        words.append(Word(text[begin:end].strip(), token.start, token.end, space_before=spaced))
-        begin = end
-    return words
+        at = pos
+        if not (stream.startswith(unit.text, pos) and may_end(k, pos + len(unit.text))):
+            at = locate(k, pos)
+            if at < 0:
+                continue
+        owner[at:at + len(unit.text)] = [k] * len(unit.text)
+        pos = at + len(unit.text)
+    return owner
 
 
-def _boundary(text: str, lo: int, hi: int) -> int:
-    """Where the text between two tokens splits: trailing marks stay left, opening marks go right."""
-    gap = text[lo:hi]
-    ws = [i for i, ch in enumerate(gap) if ch.isspace()]
-    if ws:
-        return lo + ws[-1]
-    for i, ch in enumerate(gap):
-        if unicodedata.category(ch) in ("Ps", "Pi"):
-            return lo + i
-    return hi
+def _plausible(owner: list[int], units: Sequence[AlignedToken], text: str,
+               spans: list[tuple[int, int]]) -> list[int]:
+    """Keep a unit only within one written word: a unit matched across a space (the text has
+    "a b" where the aligner says "ab") keeps the larger side, if that is at least half of it."""
+    by_unit: dict[int, list[int]] = {}
+    for i, k in enumerate(owner):
+        if k >= 0:
+            by_unit.setdefault(k, []).append(i)
+    kept = [-1] * len(owner)
+    for k, idx in by_unit.items():
+        runs = [[idx[0]]]
+        for prev, i in zip(idx, idx[1:]):
+            if any(ch.isspace() for ch in text[spans[prev][1]:spans[i][0]]):
+                runs.append([])
+            runs[-1].append(i)
+        best = max(runs, key=len)
+        if 2 * len(best) >= len(units[k].text):
+            for i in best:
+                kept[i] = k
+    return kept
 
 
-def _bare_words(tokens: Sequence[AlignedToken], language: str) -> list[Word]:
-    spaced = not is_unspaced(language)
-    return [Word(t.text, t.start, t.end, space_before=spaced and i > 0) for i, t in enumerate(tokens)]
+def _atoms(text: str, stream: str, spans: list[tuple[int, int]], owner: list[int]) -> list[_Atom]:
+    """Placed words (one per aligner unit) and missed words (kept characters no unit covers),
+    in text order."""
+    cores: list[_Atom] = []
+    for i, k in enumerate(owner):
+        if k < 0:
+            continue
+        a, b = spans[i]
+        # Units that share one written character ("½" -> "1", "2") become one word.
+        if cores and (cores[-1].units[-1] == k or a < cores[-1].b):
+            cores[-1].b = max(cores[-1].b, b)
+            if cores[-1].units[-1] != k:
+                cores[-1].units.append(k)
+        else:
+            cores.append(_Atom(a, b, [k]))
+    atoms: list[_Atom] = []
+    c = 0
+    for i, k in enumerate(owner):
+        a, b = spans[i]
+        while c < len(cores) and cores[c].b <= a:
+            atoms.append(cores[c])
+            c += 1
+        if k >= 0 or (c < len(cores) and cores[c].a <= a):
+            continue  # placed, or inside a placed word
+        last = atoms[-1] if atoms else None
+        joins = (last is not None and not last.units and (
+            a < last.b  # the same written character
+            or (not any(ch.isspace() for ch in text[last.b:a])
+                and not cuts_freely(text[a]) and not cuts_freely(text[last.b - 1]))))
+        if joins:
+            last.b = max(last.b, b)
+        else:
+            atoms.append(_Atom(a, b, []))
+    atoms.extend(cores[c:])
+    return atoms
 
+
+def _opens(text: str, i: int) -> bool:
+    """Does the mark at text[i] open (belong to the next word)?"""
+    ch = text[i]
+    before = text[i - 1] if i > 0 else " "
+    after = text[i + 1] if i + 1 < len(text) else " "
+    category = unicodedata.category(ch)
+    if ch == '"' or category in ("Pi", "Pf"):
+        # A quote's place says which way it faces ('he said "no"', German "„ja“ und");
+        # between two non-spaces (CJK) its kind does, and ASCII " alternates.
+        if before.isspace() != after.isspace():
+            return before.isspace()
+        if ch == '"':
+            return text.count('"', 0, i) % 2 == 0
+        return category == "Pi"
+    if category == "Ps":
+        return True
+    if category == "Sc" or ch in "¿¡":
+        return not after.isspace()  # "$100" opens; "100 $" and "100 €" close
+    return False
+
+
+def _split_gap(text: str, lo: int, hi: int) -> int:
+    """Where the text between two words splits: closing marks stay left, opening marks go right."""
+    k = hi
+    while k > lo and (text[k - 1].isspace() or _opens(text, k - 1)):
+        k -= 1
+    while k < hi and text[k].isspace():
+        k += 1
+    return k
+
+
+def _spread(atoms: Sequence[_Atom], lo: float, hi: float) -> None:
+    """Estimated times: share [lo, hi] among the atoms by their length in characters."""
+    hi = max(hi, lo)
+    total = sum(x.b - x.a for x in atoms) or 1
+    done = 0
+    for x in atoms:
+        x.start = lo + (hi - lo) * done / total
+        done += x.b - x.a
+        x.end = lo + (hi - lo) * done / total
+
+
+def align_words(text: str, units: Sequence[AlignedToken] | None, language: str,
+                duration: float) -> ChunkWords:
+    """Map the aligner's units (punctuation stripped, possibly normalised) back onto `text` as
+    written. Times stay in chunk time. Words no unit covers get times shared out between their
+    placed neighbours (or over the whole chunk when nothing is placed: `units` None means the
+    chunk was not aligned); units that match no text are dropped."""
+    units = list(units or [])
+    stream, spans = _stream(text, language)
+    owner = (_plausible(_owners(stream, units, text, spans), units, text, spans) if units
+             else [-1] * len(stream))
+    atoms = _atoms(text, stream, spans, owner)
+    if not atoms:  # only marks ("♪ ♪", "..."): shown, timed over the chunk, not words
+        pieces = text.split()
+        words = [Word(piece, duration * i / len(pieces), duration * (i + 1) / len(pieces),
+                      space_before=i > 0, estimated=True) for i, piece in enumerate(pieces)]
+        return ChunkWords(words, spoken=False, placed=0, missed=0, dropped=len(units))
+
+    for x in atoms:
+        if x.units:
+            x.start = min(units[k].start for k in x.units)
+            x.end = max(units[k].end for k in x.units)
+    i = 0
+    while i < len(atoms):
+        if atoms[i].units:
+            i += 1
+            continue
+        j = i
+        while j < len(atoms) and not atoms[j].units:
+            j += 1
+        _spread(atoms[i:j], atoms[i - 1].end if i > 0 else 0.0,
+                atoms[j].start if j < len(atoms) else duration)
+        i = j
+
+    bounds = [0] + [_split_gap(text, x.b, y.a) for x, y in zip(atoms, atoms[1:])] + [len(text)]
+    words = [Word(text[bounds[n]:bounds[n + 1]].strip(), x.start, x.end,
+                  space_before=n > 0 and any(ch.isspace() for ch in text[atoms[n - 1].b:x.a]),
+                  estimated=not x.units)
+             for n, x in enumerate(atoms)]
+    used = {k for k in owner if k >= 0}
+    placed = sum(1 for x in atoms if x.units)
+    return ChunkWords(words, spoken=True, placed=placed, missed=len(atoms) - placed,
+                      dropped=len(units) - len(used))
+
+
+# ---- chunk time -> file time --------------------------------------------------------------
 
 def _to_file_time(words: list[Word], chunk: Chunk, first_space: bool) -> list[Word]:
     """Clamp into the chunk, keep times non-decreasing, add the chunk's offset."""
@@ -136,7 +322,8 @@ def _to_file_time(words: list[Word], chunk: Chunk, first_space: bool) -> list[Wo
         end = min(max(w.end, start), chunk.duration)
         floor = start
         out.append(Word(w.word, round(chunk.offset + start, 3), round(chunk.offset + end, 3),
-                        space_before=first_space if i == 0 else w.space_before))
+                        space_before=first_space if i == 0 else w.space_before,
+                        estimated=w.estimated))
     return out
 
 
@@ -148,38 +335,52 @@ def _joiner(prev_language: str | None, language: str) -> str:
 
 def merge_chunks(chunks: Sequence[Chunk], outputs: Sequence[AsrOutput],
                  alignments: Sequence[Sequence[AlignedToken] | None], duration: float,
-                 warnings: list[str]) -> Transcript:
-    """The only place chunk time becomes file time."""
+                 warnings: list[str], subtitle: SubtitleOptions = SubtitleOptions()) -> Transcript:
+    """The only place chunk time becomes file time. `alignments[i]` is None for a chunk that
+    was not aligned (no word timestamps asked for, or a language the aligner lacks)."""
     text_parts: list[str] = []
     words: list[Word] = []
+    pieces: list[Word] = []  # every chunk's words and marks: what the cues are cut from
     infos: list[ChunkInfo] = []
+    estimated: list[int] = []
     prev_language: str | None = None
-    for chunk, out, tokens in zip(chunks, outputs, alignments, strict=True):
+    for chunk, out, units in zip(chunks, outputs, alignments, strict=True):
         infos.append(ChunkInfo(chunk.index, round(chunk.offset, 3),
                                round(chunk.offset + chunk.duration, 3), out.language, out.text))
         if not out.text:
             continue
         joiner = _joiner(prev_language, out.language)
         text_parts.append(joiner + out.text)
-        if tokens is not None:
-            chunk_words = punctuate(out.text, tokens)
-            if chunk_words is None:
-                warnings.append(f"chunk {chunk.index}: punctuation could not be mapped onto the "
-                                "aligned words; its words are shown without punctuation")
-                chunk_words = _bare_words(tokens, out.language)
-            words.extend(_to_file_time(chunk_words, chunk, first_space=joiner == " "))
+        mapped = align_words(out.text, units, out.language, chunk.duration)
+        timed = _to_file_time(mapped.words, chunk, first_space=joiner == " ")
+        pieces.extend(timed)
+        if units is not None and mapped.spoken:
+            words.extend(timed)
+        where = f"chunk {chunk.index} ({chunk.offset:.1f}-{chunk.offset + chunk.duration:.1f} s)"
+        if mapped.placed == 0:
+            estimated.append(chunk.index)
+        elif mapped.missed:
+            warnings.append(f"{where}: the aligner placed {mapped.placed} of "
+                            f"{mapped.placed + mapped.missed} words; the times of the other "
+                            f"{mapped.missed} are estimated between their neighbours")
+        if mapped.dropped and mapped.placed:
+            warnings.append(f"{where}: {mapped.dropped} aligner units matched no text and were "
+                            "dropped")
         prev_language = out.language
-    languages = _languages_in_order(outputs)
-    segments = (build_segments(words) if words else _chunk_segments(infos))
+    if estimated:
+        warnings.append("no word times in chunk" + ("s " if len(estimated) > 1 else " ")
+                        + ", ".join(map(str, estimated)) + ": cue times there are estimated "
+                        "from character counts")
     return Transcript(
         text="".join(text_parts),
         language=_dominant(chunks, outputs),
-        languages=languages,
+        languages=_languages_in_order(outputs),
         duration=round(duration, 3),
         words=words,
-        segments=segments,
+        segments=build_segments(pieces, subtitle, until=round(duration, 3)),
         chunks=infos,
         warnings=warnings,
+        subtitle=subtitle,
     )
 
 
@@ -198,47 +399,3 @@ def _dominant(chunks: Sequence[Chunk], outputs: Sequence[AsrOutput]) -> str:
         if out.language and out.text:
             seconds[out.language] = seconds.get(out.language, 0.0) + chunk.duration
     return max(seconds, key=lambda k: seconds[k]) if seconds else ""
-
-
-def _ends_sentence(word: str) -> bool:
-    stripped = word.rstrip(_CLOSERS)
-    return bool(stripped) and stripped[-1] in SENTENCE_END
-
-
-def _join(words: Sequence[Word]) -> str:
-    return "".join((" " if i and w.space_before else "") + w.word for i, w in enumerate(words))
-
-
-def build_segments(words: Sequence[Word], max_chars: int = MAX_SEGMENT_CHARS,
-                   max_seconds: float = MAX_SEGMENT_SECONDS,
-                   pause: float = PAUSE_SECONDS) -> list[Segment]:
-    """Cut at sentence ends, at pauses, and before a segment outgrows a two-line subtitle."""
-    segments: list[Segment] = []
-    current: list[Word] = []
-
-    def close() -> None:
-        if current:
-            segments.append(Segment(len(segments), current[0].start, current[-1].end,
-                                    _join(current)))
-            current.clear()
-
-    for w in words:
-        if current:
-            too_long = (len(_join([*current, w])) > max_chars
-                        or w.end - current[0].start > max_seconds)
-            if w.start - current[-1].end >= pause or too_long:
-                close()
-        current.append(w)
-        if _ends_sentence(w.word):
-            close()
-    close()
-    return segments
-
-
-def _chunk_segments(infos: Sequence[ChunkInfo]) -> list[Segment]:
-    """Without word times the honest segment is the whole chunk."""
-    segments: list[Segment] = []
-    for info in infos:
-        if info.text:
-            segments.append(Segment(len(segments), info.start, info.end, info.text))
-    return segments

@@ -86,7 +86,7 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
         if skipped:
             warnings.append(
                 "no word timestamps for " + ", ".join(skipped) + ": Qwen3-ForcedAligner supports only "
-                + ", ".join(sorted(engine.aligner_languages)) + "; segments there span whole chunks"
+                + ", ".join(sorted(engine.aligner_languages)) + "; cue times there are estimated from character counts"
             )
         t0 = time.perf_counter()
         if alignable:

@@ -12,13 +12,38 @@ from .chunking import DEFAULT_CHUNK_SECONDS, MAX_CHUNK_SECONDS, MIN_CHUNK_SECOND
 from .errors import ErrorCode, WorkerError
 from .languages import UnsupportedLanguage, normalize_language
 from .pipeline import Options
+from .subtitles import SubtitleOptions
 
 FORMATS = ("srt", "vtt")
 MAX_URL_CHARS = 8192
+# The `subtitle` object: key -> (integer only, lowest, highest).
+SUBTITLE_KEYS: dict[str, tuple[bool, float, float]] = {
+    "max_line_width": (True, 10, 100),
+    "max_line_count": (True, 1, 3),
+    "max_cue_seconds": (False, 1, 30),
+}
 
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _subtitle_problems(value: Any) -> list[str]:
+    """What is wrong with a `subtitle` object (a nested dict rp_validator does not look into)."""
+    if not isinstance(value, dict):
+        return ["subtitle must be an object"]
+    problems = []
+    for key, v in value.items():
+        if key not in SUBTITLE_KEYS:
+            problems.append(f"unknown key {key!r} in subtitle")
+            continue
+        integer, lo, hi = SUBTITLE_KEYS[key]
+        if not (_number(v) and (isinstance(v, int) or not integer) and lo <= v <= hi):
+            kind = "an integer" if integer else "a number"
+            problems.append(f"subtitle.{key} must be {kind} from {lo:g} to {hi:g}")
+    if problems:
+        problems.append("subtitle takes " + ", ".join(SUBTITLE_KEYS))
+    return problems
 
 
 def _schema(max_context_chars: int) -> dict[str, dict[str, Any]]:
@@ -41,6 +66,8 @@ def _schema(max_context_chars: int) -> dict[str, dict[str, Any]]:
         "chunk_seconds": {"type": (int, float), "required": False, "default": None,
                           "constraints": lambda v: v is None or (
                               _number(v) and MIN_CHUNK_SECONDS <= v <= MAX_CHUNK_SECONDS)},
+        "subtitle": {"type": dict, "required": False, "default": None,
+                     "constraints": lambda v: not isinstance(v, dict) or not _subtitle_problems(v)},
     }
 
 
@@ -65,7 +92,8 @@ def parse_request(job_input: Any, max_context_chars: int) -> Request:
         raise WorkerError(ErrorCode.INVALID_INPUT, "input must be a JSON object")
     result = validate(job_input, _schema(max_context_chars))  # a fresh schema: validate() mutates it
     if "errors" in result:
-        raise WorkerError(ErrorCode.INVALID_INPUT, _explain(result["errors"], max_context_chars))
+        raise WorkerError(ErrorCode.INVALID_INPUT,
+                          _explain(result["errors"], max_context_chars, job_input.get("subtitle")))
     v = result["validated_input"]
     if (v["audio_url"] is None) == (v["audio_base64"] is None):
         raise WorkerError(ErrorCode.INVALID_INPUT,
@@ -80,17 +108,20 @@ def parse_request(job_input: Any, max_context_chars: int) -> Request:
         word_timestamps=v["word_timestamps"],
         chunk_seconds=float(v["chunk_seconds"] or DEFAULT_CHUNK_SECONDS),
         max_context_chars=max_context_chars,
+        subtitle=SubtitleOptions(**(v["subtitle"] or {})),
     )
     return Request(v["audio_url"], v["audio_base64"], options,
                    tuple(dict.fromkeys(v["formats"] or ())))
 
 
-def _explain(errors: list[str], max_context_chars: int) -> str:
+def _explain(errors: list[str], max_context_chars: int, subtitle: Any = None) -> str:
     """Turn the validator's messages into one sentence that names every offending key."""
     parts = []
     for err in errors:
         key = err.split(" ", 1)[0]
-        if err.endswith("does not meet the constraints.") and key in HINTS:
+        if key == "subtitle" and err.endswith("does not meet the constraints."):
+            parts.extend(_subtitle_problems(subtitle))
+        elif err.endswith("does not meet the constraints.") and key in HINTS:
             parts.append(HINTS[key].format(max_context_chars=max_context_chars))
         elif err.startswith("Unexpected input."):
             parts.append(f"unknown key {err.split('. ', 1)[1].split(' is ', 1)[0]!r}")

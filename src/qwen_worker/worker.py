@@ -7,11 +7,13 @@ engine calls meet in the one `BatchScheduler`, which shares GPU batches between 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,9 @@ class Worker:
         self.engine = engine
         self.scheduler = BatchScheduler(engine, gather_seconds=settings.scheduler_gather_s,
                                         max_chunks=settings.scheduler_max_chunks)
+        # One thread per job slot: asyncio's default pool has only cpu_count + 4 threads, which
+        # would leave slots idle on small hosts.
+        self._job_threads = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="job")
         self.policy = DownloadPolicy(max_bytes=settings.max_download_bytes,
                                      total_seconds=settings.download_timeout_s)
         Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
@@ -57,8 +62,10 @@ class Worker:
         """The job runs in a thread; the event loop stays free to take jobs and stop signals."""
         ensure_sigterm_handler()
         scope = JobScope(str(job.get("id", "")))
+        context = contextvars.copy_context()
         try:
-            return await asyncio.to_thread(self.handle, job, scope)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._job_threads, context.run, self.handle, job, scope)
         except asyncio.CancelledError:  # RunPod stopped the job: stop its thread's work too
             scope.stop(JobCancelled)
             log.info("job %s stopped by RunPod", job.get("id"))
