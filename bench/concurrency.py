@@ -1,7 +1,7 @@
 """bench/concurrency: many jobs at once through runpod's production job loop, one slot vs many.
 
 For each MAX_CONCURRENCY given, a fresh worker process (`python src/handler.py`, tiny generated
-models, CPU) runs runpod's real job loop against the loopback stand-in of RunPod's job API
+models: the compact-vocabulary English ASR model and the aligner, CPU) runs runpod's real job loop against the loopback stand-in of RunPod's job API
 (tests/job_api.py). The same jobs are queued in every configuration: 30 s WAV clips, even jobs
 as base64, odd jobs as loopback URLs (tests/http_server.py, DOWNLOAD_ALLOW_LOOPBACK=true).
 
@@ -257,8 +257,9 @@ def run_config(concurrency: int, dirs: dict, inputs: list[dict], want: str, tmp:
     from worker_server import worker_env
 
     api = JobApi()
-    env = worker_env(dirs["english"], dirs["aligner"], tmp / f"work-c{concurrency}",
-                     DOWNLOAD_ALLOW_LOOPBACK="true", MAX_CONCURRENCY=str(concurrency))
+    env = worker_env(dirs["compact"], dirs["aligner"], tmp / f"work-c{concurrency}",
+                     DOWNLOAD_ALLOW_LOOPBACK="true", MAX_CONCURRENCY=str(concurrency),
+                     MAX_NEW_TOKENS=str(dirs["max_new_tokens"]))
     log_path = tmp / f"worker-c{concurrency}.log"
     worker = JobLoopWorker(api, env, log_path)
     report = RoundReport(concurrency, len(inputs))
@@ -369,6 +370,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dirs = build_all(tmp / "models")
+        # The compact-vocabulary model: the same transcript, without the full-vocabulary
+        # logits for every prompt position that the EOS-capable tiny model computes (2 GB for
+        # a batch of 8 clips of 30 s, which would make CPU batches cost more than GPU ones).
+        import tiny_models
+        from models import ENGLISH
+
+        dirs["compact"] = tiny_models.build_compact_asr_model(tmp / "models" / "compact",
+                                                              ENGLISH, "English")
+        # Room to spare: an output near the limit would be retried as two halves (a repair).
+        dirs["max_new_tokens"] = 2 * len(tiny_models.asr_output_pieces(ENGLISH, "English"))
         host = AudioHost()
         try:
             (tmp / "media").mkdir()
