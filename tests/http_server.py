@@ -96,12 +96,18 @@ class AudioHost:
         self.routes[path] = route
         return self.url(path)
 
-    def stall(self, path: str, body: bytes, after: int, seconds: float) -> str:
-        """Send `after` bytes of a longer declared body, then go silent."""
+    def stall(self, path: str, body: bytes, after: int, seconds: float,
+              declare_length: bool = True) -> str:
+        """Send `after` bytes of a longer body, then go silent. Without declare_length the body
+        has no length and ends when the connection closes (`Connection: close`)."""
         def route(h):
             h.send_response(200)
             h.send_header("Content-Type", "audio/mpeg")
-            h.send_header("Content-Length", str(len(body)))
+            if declare_length:
+                h.send_header("Content-Length", str(len(body)))
+            else:
+                h.send_header("Connection", "close")
+                h.close_connection = True
             h.end_headers()
             h.wfile.write(body[:after])
             h.wfile.flush()

@@ -112,3 +112,24 @@ def test_stopping_kills_the_jobs_running_decoders_at_once(tmp_path, dying_ffmpeg
     with pytest.raises(expected), life.job(scope):
         d.decode(path, max_seconds=600, workers=workers, info=info)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("declare_length", [True, False])
+def test_stopping_a_job_cuts_its_stalled_download_at_once(audio_host, tmp_path, declare_length):
+    from runpod.serverless.utils import rp_ssrf
+
+    import qwen_worker.download as dl
+
+    url = audio_host.stall("/stall", b"\xff" * 100_000, after=4096, seconds=30,
+                           declare_length=declare_length)
+    life = lifecycle._Lifetime()
+    scope = lifecycle.JobScope("download")
+    threading.Timer(1.0, scope.stop, args=(lifecycle.ShuttingDown,)).start()
+    started = time.monotonic()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rp_ssrf, "is_safe_address", rp_ssrf.is_safe_address)  # restored after
+        dl.allow_loopback_for_local_testing()
+        mp.setattr(dl, "LIFETIME", life)
+        with pytest.raises(lifecycle.ShuttingDown), life.job(scope):
+            dl.fetch_url(url, tmp_path, dl.DownloadPolicy(max_bytes=1 << 20, read_seconds=15.0))
+    assert time.monotonic() - started < 4  # not the 15 s read timeout

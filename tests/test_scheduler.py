@@ -199,3 +199,29 @@ def test_transformers_generate_calls_are_bounded_by_padded_audio(model_dirs, mon
     # Longest first; 2 x 30 s fits 60 s of padded audio, 3 x 30 s does not; at most 3 a call.
     assert seen == [[30, 20], [10, 10, 10]]
     assert [o.text for o in outs] == [ENGLISH] * 5  # back in the callers' order
+
+
+def test_a_stopped_job_stops_waiting_for_a_call_already_running():
+    engine = NamingEngine(delay=3.0)
+    scheduler = BatchScheduler(engine, gather_seconds=0.0, max_chunks=8)
+    scope = JobScope("long call")
+    threading.Timer(0.5, scope.stop, args=(JobCancelled,)).start()
+    started = time.monotonic()
+    with pytest.raises(JobCancelled), LIFETIME.job(scope):
+        scheduler.engine_for_job().transcribe([clip(1)], ["English"], [""])
+    assert time.monotonic() - started < 1.5  # not the 3 s call
+    assert engine.calls == [["1s:"]]  # the call ran; its result is simply dropped
+
+
+def test_closing_during_the_gather_wait_ends_the_engine_thread_cleanly(monkeypatch):
+    crashes = []
+    monkeypatch.setattr(threading, "excepthook", crashes.append)
+    scheduler = BatchScheduler(NamingEngine(), gather_seconds=1.0, max_chunks=8)
+    waiter = ThreadPoolExecutor(1).submit(
+        scheduler.engine_for_job().transcribe, [clip(1)], ["English"], [""])
+    time.sleep(0.2)
+    scheduler.close()
+    with pytest.raises(BaseException, match="shutting down"):
+        waiter.result(5)
+    time.sleep(1.2)
+    assert not scheduler._thread.is_alive() and crashes == []  # no IndexError on an empty queue

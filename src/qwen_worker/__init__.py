@@ -2,8 +2,9 @@
 
 Stages, one module each, in pipeline order:
     download -> decode -> chunking -> engine (ASR + alignment) -> merge -> formats
-`pipeline.transcribe_file` runs decode..merge; `handler.py` (outside the package) adds the
-RunPod input contract, the safe download and the error codes.
+`pipeline.transcribe_file` runs decode..merge (with `repair` and `subtitles`); `worker.py` adds
+the input contract (`request`), the safe download and the error codes, and runs many jobs at
+once through one `scheduler`; `handler.py` (outside the package) is the RunPod entry point.
 """
 
 import os as _os

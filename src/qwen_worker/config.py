@@ -144,6 +144,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     device = env.get("ASR_DEVICE", "").strip().lower() or ("cuda" if cuda else "cpu")
     if device not in ("cuda", "cpu"):
         raise ConfigError(f"ASR_DEVICE must be cuda or cpu, got {device!r}")
+    log_level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}")
+    asr_batch_size = _int(env, "ASR_BATCH_SIZE", 32, 1, 1024)
+    vllm_max_num_seqs = _int(env, "VLLM_MAX_NUM_SEQS", 64, 1, 1024)
     dtype = env.get("ASR_DTYPE", "").strip().lower() or ("bfloat16" if device == "cuda" else "float32")
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"ASR_DTYPE must be bfloat16, float16 or float32, got {dtype!r}")
@@ -160,7 +165,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # transformers backend only: its prefill keeps full-vocabulary logits for every audio
         # token (~1.1 GiB per 270 s chunk), so a generate call holds at most 2160 s of padded
         # audio (8 long chunks, or 32 clips of 30 s) to fit a 24 GB card.
-        asr_batch_size=_int(env, "ASR_BATCH_SIZE", 32, 1, 1024),
+        asr_batch_size=asr_batch_size,
         asr_batch_seconds=_float(env, "ASR_BATCH_SECONDS", 2160.0, 30.0, 1e6),
         device=device,
         dtype=dtype,
@@ -170,7 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # at batch 1, weights included) and both CUDA contexts on a 24 GB card.
         vllm_gpu_memory_utilization=_float(env, "VLLM_GPU_MEMORY_UTILIZATION", 0.55, 0.05, 0.95),
         vllm_max_num_batched_tokens=_int(env, "VLLM_MAX_NUM_BATCHED_TOKENS", 16384, 1024, 1 << 20),
-        vllm_max_num_seqs=_int(env, "VLLM_MAX_NUM_SEQS", 64, 1, 1024),
+        vllm_max_num_seqs=vllm_max_num_seqs,
         vllm_enforce_eager=_bool(env, "VLLM_ENFORCE_EAGER", False),
         max_download_bytes=_int(env, "MAX_DOWNLOAD_BYTES", 2 * 1024**3, 1, 1 << 40),
         max_base64_bytes=_int(env, "MAX_BASE64_BYTES", 20 * 1024**2, 1, 1 << 32),
@@ -182,15 +187,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_context_tokens=_int(env, "MAX_CONTEXT_TOKENS", 2048, 0, 100000),
         work_dir=env.get("WORK_DIR", "").strip() or tempfile.gettempdir(),
         download_allow_loopback=_bool(env, "DOWNLOAD_ALLOW_LOOPBACK", False),
-        log_level=env.get("LOG_LEVEL", "").strip().upper() or "INFO",
+        log_level=log_level,
         # 8 jobs on a GPU: their chunks share engine calls (up to 32 short clips in one
         # transformers generate call); long files queue inside vLLM. Each job also holds its
         # decoded audio in host memory (~230 MB per audio hour).
         max_concurrency=_int(env, "MAX_CONCURRENCY", 8 if device == "cuda" else 2, 1, 256),
         scheduler_gather_s=_int(env, "SCHEDULER_GATHER_MS", 20, 0, 10000) / 1000.0,
         scheduler_max_chunks=_int(env, "SCHEDULER_MAX_CHUNKS", 0, 0, 4096) or (
-            _int(env, "VLLM_MAX_NUM_SEQS", 64, 1, 1024) if backend == "vllm"
-            else _int(env, "ASR_BATCH_SIZE", 32, 1, 1024)),
+            vllm_max_num_seqs if backend == "vllm" else asr_batch_size),
         # The SDK takes jobs from RunPod only when this is set (else it runs locally).
         progress_updates=bool(env.get("RUNPOD_WEBHOOK_GET_JOB", "").strip()),
     )

@@ -138,14 +138,18 @@ def parse_probe(stderr: str) -> AudioInfo:
 
 def probe(path: Path, timeout_s: float = 60.0) -> AudioInfo:
     """Headers only: fast even for hours of audio."""
-    try:
-        proc = subprocess.run(
-            [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
-            capture_output=True, timeout=timeout_s, check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise UnreadableAudio("reading the file's headers timed out") from None
-    return parse_probe(proc.stderr.decode("utf-8", "replace"))
+    proc = subprocess.Popen([ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    with LIFETIME.stopper(proc.kill):
+        try:
+            _, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise UnreadableAudio("reading the file's headers timed out") from None
+    LIFETIME.raise_if_stopping()
+    return parse_probe(stderr.decode("utf-8", "replace"))
 
 
 def _ffmpeg_args(path: Path, start: float, length: float | None) -> list[str]:
@@ -304,17 +308,19 @@ def scan_duration(path: Path, max_seconds: float, timeout_s: float = 300.0) -> f
     timer.start()
     seconds = 0.0
     try:
-        for line in proc.stdout:
-            key, _, value = line.strip().partition("=")
-            if key == "out_time_us" and value.lstrip("-").isdigit():
-                seconds = max(seconds, int(value) / 1e6)
-                if seconds > max_seconds:
-                    raise AudioTooLong(None, max_seconds)
+        with LIFETIME.stopper(proc.kill):
+            for line in proc.stdout:
+                key, _, value = line.strip().partition("=")
+                if key == "out_time_us" and value.lstrip("-").isdigit():
+                    seconds = max(seconds, int(value) / 1e6)
+                    if seconds > max_seconds:
+                        raise AudioTooLong(None, max_seconds)
     finally:
         proc.kill()
         proc.stdout.close()
         proc.wait()
         timer.cancel()
+    LIFETIME.raise_if_stopping()
     return seconds
 
 

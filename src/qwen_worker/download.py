@@ -81,6 +81,7 @@ def fetch_url(url: str, dest_dir: Path, policy: DownloadPolicy) -> Path:
         LIFETIME.raise_if_stopping()
         try:
             _fetch_once(url, dest, policy, deadline)
+            LIFETIME.raise_if_stopping()  # a body cut by a stop can look complete
             return dest
         except _Transient as exc:
             LIFETIME.raise_if_stopping()  # a stopped job's cut-off body is not worth a retry
@@ -135,9 +136,14 @@ def _fetch_once(url: str, dest: Path, policy: DownloadPolicy, deadline: float) -
 
 
 def _shut_socket(response: requests.Response) -> None:
-    """Wake a read blocked on a silent server (from another thread: shutdown, not close)."""
-    connection = getattr(response.raw, "_connection", None) or getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
+    """Wake a read blocked on a silent server (from another thread: shutdown, not close).
+
+    The socket is the response body's own (http.client hands it over and clears the
+    connection's for `Connection: close` bodies), else the connection's.
+    """
+    raw = response.raw
+    body = getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None)
+    sock = getattr(body, "_sock", None) or getattr(getattr(raw, "_connection", None), "sock", None)
     if sock is not None:
         sock.shutdown(socket.SHUT_RDWR)
 

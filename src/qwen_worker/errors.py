@@ -26,14 +26,15 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.INVALID_INPUT: "The input is malformed: unknown keys, wrong types, values out of range, "
                              "not exactly one audio source, or base64 that does not decode.",
     ErrorCode.URL_NOT_ALLOWED: "audio_url is not http(s), or points at a private, loopback, "
-                               "link-local or metadata address (also after a redirect).",
+                               "link-local, CGNAT or metadata address (also after a redirect).",
     ErrorCode.DOWNLOAD_FAILED: "The audio could not be fetched: HTTP error, timeout, stalled or cut "
                                "body, too many redirects, unresolvable host (after retries).",
     ErrorCode.AUDIO_TOO_LARGE: "The download or base64 audio is over MAX_DOWNLOAD_BYTES / "
                                "MAX_BASE64_BYTES.",
     ErrorCode.AUDIO_TOO_LONG: "The audio is longer than MAX_AUDIO_SECONDS.",
     ErrorCode.AUDIO_UNREADABLE: "The data is not audio ffmpeg can decode (HTML, JSON, random bytes, "
-                                "an image), has no audio stream, or holds no samples.",
+                                "an image), has no audio stream, holds no samples, or ffmpeg exits "
+                                "with an error part-way.",
     ErrorCode.AUDIO_TRUNCATED: "The audio stream ends well before the duration its container "
                                "states: the file is cut short or damaged.",
     ErrorCode.DECODE_INTERRUPTED: "The ffmpeg decoder was killed from outside the worker (a signal, "

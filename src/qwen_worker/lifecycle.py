@@ -52,7 +52,8 @@ class JobScope:
     def __init__(self, job_id: str = "") -> None:
         self.job_id = job_id
         self.reason: type[Stopped] | None = None
-        self._lock = threading.Lock()
+        # Re-entrant: the SIGTERM handler runs on the main thread, which may be inside stop().
+        self._lock = threading.RLock()
         self._stoppers: dict[int, Callable[[], None]] = {}
         self._next = 0
 
@@ -92,7 +93,8 @@ def _quietly(stop: Callable[[], None]) -> None:
         log.debug("a stopper failed", exc_info=True)
 
 
-# The scope of the job this thread works for (asyncio.to_thread carries it into the thread).
+# The scope of the job this thread works for (the worker runs each job in a copy of the
+# context that holds it; decode copies it into its piece threads).
 CURRENT_JOB: contextvars.ContextVar[JobScope | None] = contextvars.ContextVar("job", default=None)
 
 
@@ -101,7 +103,7 @@ class _Lifetime:
 
     def __init__(self) -> None:
         self.stopping = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant for the same reason as JobScope's
         self._jobs: dict[JobScope, Path | None] = {}
 
     @contextlib.contextmanager
@@ -165,8 +167,8 @@ def ensure_sigterm_handler() -> None:
 
     def on_sigterm(signum: int, frame: Any) -> None:
         log.warning("SIGTERM: stopping the running jobs and exiting")
+        _start_exit_backstop()  # first: nothing below may keep the process from ending
         LIFETIME.stop_all()
-        _start_exit_backstop()
         if callable(current):
             current(signum, frame)  # runpod ends its job loop; uvicorn its server
         elif current == signal.SIG_DFL:

@@ -77,6 +77,8 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
                                     warnings)
     views = [c.samples for c in chunks]
     timings.asr = time.perf_counter() - t0
+    if progress is not None:
+        progress("transcribing", len(chunks), len(chunks))
 
     alignments: list[list[AlignedToken] | None] = [None] * len(chunks)
     if options.word_timestamps:
@@ -98,6 +100,8 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
             for i, tokens in zip(alignable, aligned, strict=True):
                 alignments[i] = list(tokens)
             _repair_collapsed(chunks, outputs, alignments, engine, warnings)
+            if progress is not None:
+                progress("aligning", len(alignable), len(alignable))
         timings.align = time.perf_counter() - t0
     return merge_chunks(chunks, outputs, alignments, samples.shape[0] / SAMPLE_RATE, warnings,
                         options.subtitle)

@@ -21,7 +21,8 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -33,6 +34,16 @@ from .lifecycle import CURRENT_JOB, JobCancelled, ShuttingDown
 log = logging.getLogger(__name__)
 
 ASR, ALIGN = "asr", "align"
+_STOP_POLL_SECONDS = 0.2  # how soon a stopped job's thread stops waiting for a running call
+
+
+def _fail(future: Future, exc: BaseException) -> None:
+    """Fail a request unless its job dropped it (a cancelled future takes no exception)."""
+    try:
+        if future.running() or future.set_running_or_notify_cancel():
+            future.set_exception(exc)
+    except InvalidStateError:
+        pass
 
 
 @dataclass(eq=False)
@@ -74,12 +85,15 @@ class BatchScheduler:
         scope = CURRENT_JOB.get()
         if scope is None:
             return request.future.result()
-        with scope.stopper(request.future.cancel):
-            try:
-                return request.future.result()
-            except CancelledError:
-                scope.raise_if_stopped()
-                raise JobCancelled("the job's engine request was dropped") from None
+        with scope.stopper(request.future.cancel):  # dropped if still queued
+            while True:  # a stopped job stops waiting even for a call already running
+                try:
+                    return request.future.result(timeout=_STOP_POLL_SECONDS)
+                except FutureTimeout:
+                    scope.raise_if_stopped()
+                except CancelledError:
+                    scope.raise_if_stopped()
+                    raise JobCancelled("the job's engine request was dropped") from None
 
     def engine_for_job(self) -> "SharedEngine":
         return SharedEngine(self)
@@ -88,7 +102,7 @@ class BatchScheduler:
         with self._cv:
             self._closed = True
             for request in self._queue:
-                request.future.set_exception(ShuttingDown("the engine is shutting down"))
+                _fail(request.future, ShuttingDown("the engine is shutting down"))
             self._queue.clear()
             self._cv.notify()
 
@@ -105,17 +119,20 @@ class BatchScheduler:
                 log.exception("engine scheduler: unexpected failure")
                 for request in batch:
                     if not request.future.done():
-                        request.future.set_exception(exc)
+                        _fail(request.future, exc)
 
     def _next_batch(self) -> list[_Request] | None:
         with self._cv:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cv.wait()
-            deadline = self._queue[0].queued_at + self.gather_seconds
-            while (left := deadline - time.monotonic()) > 0 and not self._closed:
-                self._cv.wait(left)
+            while True:
+                while not self._queue:
+                    if self._closed:
+                        return None
+                    self._cv.wait()
+                deadline = self._queue[0].queued_at + self.gather_seconds
+                while (left := deadline - time.monotonic()) > 0 and not self._closed:
+                    self._cv.wait(left)
+                if self._queue:  # close() may have emptied it meanwhile
+                    break
             kind = self._queue[0].kind
             batch: list[_Request] = []
             size = 0
@@ -133,6 +150,10 @@ class BatchScheduler:
 
     def _run(self, batch: list[_Request]) -> None:
         if not batch:
+            return
+        if self._fatal is not None:  # an earlier half broke the GPU: do not call it again
+            for request in batch:
+                _fail(request.future, self._fatal)
             return
         try:
             results = self._call(batch[0].kind, [it for r in batch for it in r.items], len(batch))
@@ -155,10 +176,10 @@ class BatchScheduler:
                 self._queue.clear()
             for request in batch + waiting:
                 if not request.future.done():
-                    request.future.set_exception(exc)
+                    _fail(request.future, exc)
             return
         if not shared:
-            batch[0].future.set_exception(exc)
+            _fail(batch[0].future, exc)
             return
         # Find the job that breaks the shared call: the others succeed in smaller calls.
         log.warning("a shared %s call of %d jobs failed (%s); retrying in halves",

@@ -12,6 +12,7 @@ import errno
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,13 +25,15 @@ from .download import DownloadPolicy, decode_base64, fetch_url
 from .engine import Engine, EngineError, is_fatal_gpu_error
 from .errors import ErrorCode, WorkerError
 from .formats import WRITERS
-from .lifecycle import (JOB_DIR_PREFIX, LIFETIME, JobCancelled, JobScope, ShuttingDown,
+from .lifecycle import (JOB_DIR_PREFIX, LIFETIME, JobCancelled, JobScope, Stopped,
                         ensure_sigterm_handler, sweep_job_dirs)
 from .pipeline import Progress, Timings, transcribe_file
 from .request import parse_request
 from .scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
+
+PROGRESS_POST_SECONDS = 5.0
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -86,16 +89,15 @@ class Worker:
             with LIFETIME.job(scope, job_dir):
                 return self._run(job.get("input"), job_dir, started, self._progress(job))
         except WorkerError as err:
+            if scope.reason is not None:  # the stop caused it: say so, not what it broke
+                return self._stopped(job, scope.reason)
             log.info("job %s failed: %s", job.get("id"), err.code.value)
             return err.to_output()
-        except ShuttingDown:
-            log.warning("job %s stopped: the worker is shutting down", job.get("id"))
-            return WorkerError(ErrorCode.WORKER_SHUTDOWN, "the worker was stopped while the job "
-                               "ran; retry the job").to_output()
-        except JobCancelled:
-            log.info("job %s: its work stopped", job.get("id"))
-            raise
+        except Stopped as stop:
+            return self._stopped(job, type(stop))
         except Exception as exc:  # a bug must not take the worker down or leak paths
+            if scope.reason is not None:
+                return self._stopped(job, scope.reason)
             if is_disk_full(exc):
                 log.error("job %s failed: the disk under WORK_DIR is full", job.get("id"))
                 return WorkerError(ErrorCode.DISK_FULL, "the worker's disk is full; the worker "
@@ -109,21 +111,37 @@ class Worker:
             if job_dir is not None:
                 shutil.rmtree(job_dir, ignore_errors=True)
 
+    def _stopped(self, job: dict[str, Any], reason: type[Stopped]) -> dict[str, Any]:
+        """SIGTERM: WORKER_SHUTDOWN. Stopped by RunPod: nobody waits for an answer."""
+        if reason is JobCancelled:
+            log.info("job %s: its work stopped", job.get("id"))
+            raise JobCancelled(f"job {job.get('id')} was stopped")
+        log.warning("job %s stopped: the worker is shutting down", job.get("id"))
+        return WorkerError(ErrorCode.WORKER_SHUTDOWN, "the worker was stopped while the job "
+                           "ran; retry the job").to_output()
+
     def _progress(self, job: dict[str, Any]) -> Progress | None:
         """Progress for RunPod's /status, posted from this job's thread and waited for.
 
         runpod's `progress_update` posts from a thread of its own, so on a fast job a late
-        update could land after the job's result; `_thread_target` is that thread's body.
+        update could land after the job's result; `_thread_target` is that thread's body,
+        waited for here up to PROGRESS_POST_SECONDS so a hung API cannot hold the job.
         """
         if not self.settings.progress_updates:
             return None
         from runpod.serverless.modules.rp_progress import _thread_target
 
-        def send(stage: str, done: int, total: int) -> None:
+        def post(payload: dict[str, Any]) -> None:
             try:
-                _thread_target(job, {"stage": stage, "chunks_done": done, "chunks_total": total})
+                _thread_target(job, payload)
             except Exception:  # noqa: BLE001 - progress is best effort, the job goes on
                 log.warning("job %s: progress update failed", job.get("id"), exc_info=True)
+
+        def send(stage: str, done: int, total: int) -> None:
+            poster = threading.Thread(target=post, daemon=True, args=(
+                {"stage": stage, "chunks_done": done, "chunks_total": total},))
+            poster.start()
+            poster.join(PROGRESS_POST_SECONDS)
 
         return send
 
