@@ -17,6 +17,7 @@ import numpy as np
 
 from .config import Settings
 from .decode import SAMPLE_RATE
+from .errors import in_cause_chain
 from .languages import ALIGNER_LANGUAGES
 from .model_files import resolve_model
 
@@ -75,12 +76,8 @@ _FATAL_TEXT = ("CUDA error", "CUDA out of memory", "cuDNN error", "CUBLAS_STATUS
 
 
 def is_fatal_gpu_error(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if type(seen).__name__ in _FATAL_NAMES or any(t in str(seen) for t in _FATAL_TEXT):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return in_cause_chain(exc, lambda e: type(e).__name__ in _FATAL_NAMES
+                          or any(t in str(e) for t in _FATAL_TEXT))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

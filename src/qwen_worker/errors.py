@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Callable
 
 
 class ErrorCode(str, Enum):
@@ -49,6 +50,16 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
                                "download and decoder were stopped. Retry the job.",
     ErrorCode.INTERNAL_ERROR: "An unexpected fault in the worker; details are in the worker log.",
 }
+
+
+def in_cause_chain(exc: BaseException, matches: Callable[[BaseException], bool]) -> bool:
+    """Whether exc, or anything it was raised from or during, matches."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if matches(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class WorkerError(Exception):

@@ -23,7 +23,7 @@ from .decode import (AudioTooLong, DecodeError, DecoderKilled, EmptyAudio, NoAud
                      TruncatedAudio, probe)
 from .download import DownloadPolicy, decode_base64, fetch_url
 from .engine import Engine, EngineError, is_fatal_gpu_error
-from .errors import ErrorCode, WorkerError
+from .errors import ErrorCode, WorkerError, in_cause_chain
 from .formats import WRITERS
 from .lifecycle import (JOB_DIR_PREFIX, LIFETIME, JobCancelled, JobScope, Stopped,
                         ensure_sigterm_handler, sweep_job_dirs)
@@ -37,12 +37,8 @@ PROGRESS_POST_SECONDS = 5.0
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return in_cause_chain(exc, lambda e: isinstance(e, OSError)
+                          and e.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 class Worker:
