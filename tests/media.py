@@ -88,3 +88,58 @@ def samples_with_gaps(seconds: float, gaps: list[float], seed: int = 0) -> np.nd
     for g in gaps:
         audio[int(g * 16000):int((g + 1) * 16000)] = 0.0
     return audio
+
+
+# Further containers the worker opens (decode.ALLOWED_DEMUXERS): muxer and codec arguments.
+CONTAINERS: dict[str, tuple[str, list[str]]] = {
+    "aac": ("adts", ["-c:a", "aac", "-b:a", "64k"]),
+    "ts": ("mpegts", ["-c:a", "aac", "-b:a", "64k"]),
+    "wma": ("asf", ["-c:a", "wmav2", "-b:a", "64k"]),
+    "aiff": ("aiff", ["-c:a", "pcm_s16be"]),
+    "caf": ("caf", ["-c:a", "alac"]),
+    "avi": ("avi", ["-c:a", "libmp3lame", "-b:a", "64k"]),
+    "flv": ("flv", ["-c:a", "aac", "-b:a", "64k"]),
+    "mpg": ("mpeg", ["-c:a", "mp2", "-b:a", "128k"]),
+    "wv": ("wv", ["-c:a", "wavpack"]),  # real audio, but not a container the worker opens
+}
+
+
+def make_container(path: Path, seconds: float, kind: str, channels: int = 1) -> Path:
+    """The tone of make_audio in one of CONTAINERS, chosen by `kind` (a file extension)."""
+    muxer, codec = CONTAINERS[kind]
+    subprocess.run(
+        [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+         "-f", "f32le", "-ar", "44100", "-ac", "1", "-i", "pipe:0",
+         "-ac", str(channels), *codec, "-f", muxer, str(path)],
+        input=tone_with_gaps(seconds, []).tobytes(), check=True)
+    return path
+
+
+# Files that name other files or addresses: ffmpeg opens what they name unless refused.
+def hls_playlist(segment: str) -> bytes:
+    """The playlist of issue 16: one 4 s segment, named by a path (absolute or relative) or URL."""
+    return (f"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\n{segment}\n"
+            "#EXT-X-ENDLIST\n").encode()
+
+
+def dash_manifest(base_url: str) -> bytes:
+    """A static DASH manifest whose one audio representation is the file at base_url."""
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" minBufferTime="PT1S"'
+        ' profiles="urn:mpeg:dash:profile:isoff-on-demand:2011" mediaPresentationDuration="PT4S">\n'
+        ' <Period duration="PT4S"><AdaptationSet mimeType="audio/mp4" contentType="audio">\n'
+        '  <Representation id="a" bandwidth="64000" codecs="mp4a.40.2" audioSamplingRate="44100">\n'
+        f'   <BaseURL>{base_url}</BaseURL>\n'
+        '  </Representation>\n </AdaptationSet></Period>\n</MPD>\n').encode()
+
+
+def ffconcat_list(*names: str) -> bytes:
+    """An ffconcat list of files relative to its own directory."""
+    return ("ffconcat version 1.0\n" + "".join(f"file {n}\n" for n in names)).encode()
+
+
+def sdp_session(port: int) -> bytes:
+    """An SDP description of a PCMU audio stream over RTP to 127.0.0.1:port."""
+    return (f"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=audio\nc=IN IP4 127.0.0.1\nt=0 0\n"
+            f"m=audio {port} RTP/AVP 0\na=rtpmap:0 PCMU/8000\n").encode()

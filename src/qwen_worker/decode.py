@@ -66,6 +66,17 @@ class DecoderKilled(DecodeError):
     """ffmpeg was killed from outside (a signal, the OOM killer) before it finished."""
 
 
+class FormatRefused(DecodeError):
+    """The file is a playlist, manifest or other format that names further files or streams."""
+
+    def __init__(self, demuxer: str):
+        self.demuxer = demuxer
+        what = REFERENCE_DEMUXERS.get(demuxer, "a format")
+        super().__init__(f"the file is {what} ('{demuxer}'), which refers to other files or "
+                         "streams; the worker opens only an audio or video file itself, never "
+                         "what a file points to")
+
+
 class AudioTooLong(DecodeError):
     """The audio is longer than the configured limit."""
 
@@ -90,6 +101,48 @@ class AudioInfo:
     # ffmpeg guessed the duration from the bitrate (MP3 without an index): not a promise.
     duration_estimated: bool = False
     has_video: bool = False
+
+
+# The only demuxers ffmpeg may use on a job's file (names as `ffmpeg -demuxers` lists them):
+# containers that carry their own audio. ffmpeg checks the probed demuxer against this list
+# before that demuxer reads anything, so an HLS playlist, DASH manifest, ffconcat list, SDP
+# file or image sequence never opens the files or addresses it names.
+ALLOWED_DEMUXERS: tuple[str, ...] = (
+    "mp3",
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "matroska,webm",
+    "ogg",  # Vorbis, Opus, FLAC in Ogg
+    "wav",
+    "flac",
+    "aac",  # ADTS
+    "mpegts",
+    "asf",  # WMA, WMV
+    "aiff",
+    "caf",
+    "avi",
+    "flv",
+    "mpeg",  # program streams: .mpg, .vob
+)
+# Refused demuxers that read other files or streams: FormatRefused. Any other refused demuxer
+# (an image, a container not listed) is UnreadableAudio, like data ffmpeg does not know.
+REFERENCE_DEMUXERS: dict[str, str] = {
+    "hls": "an M3U/HLS playlist",
+    "dash": "a DASH manifest",
+    "concat": "an ffconcat list",
+    "sdp": "an SDP session description",
+    "rtp": "an RTP session",
+    "rtsp": "an RTSP session",
+    "image2": "an image sequence",
+    "imf": "an IMF composition playlist",
+    "avisynth": "an AviSynth script",
+    "vapoursynth": "a VapourSynth script",
+}
+# Input options for every ffmpeg that opens a job's file: the file is a local path, so no
+# other protocol (http, tcp, udp, pipe) is needed for it.
+INPUT_GUARD: tuple[str, ...] = ("-format_whitelist", ",".join(ALLOWED_DEMUXERS),
+                                "-protocol_whitelist", "file")
+# ffmpeg names the refused demuxer only in its log line's prefix: "[hls @ 0x55...] Format not ...".
+_REFUSED_RE = re.compile(r"^\[([^\]@]+?) @ [^\]]*\] Format not on whitelist", re.MULTILINE)
 
 
 @lru_cache(maxsize=1)
@@ -136,9 +189,39 @@ def parse_probe(stderr: str) -> AudioInfo:
     )
 
 
+def raise_if_refused(stderr: str) -> None:
+    """Raise if ffmpeg refused the file's demuxer (not in ALLOWED_DEMUXERS) before reading it."""
+    found = _REFUSED_RE.search(stderr)
+    if found is None:
+        return
+    demuxer = found.group(1).strip()
+    if demuxer in REFERENCE_DEMUXERS:
+        raise FormatRefused(demuxer)
+    raise UnreadableAudio(f"the data reads as '{demuxer}', which is not an audio or video "
+                          "container the worker opens")
+
+
+def reference_by_signature(path: Path) -> str | None:
+    """'hls' or 'dash' by the file's first bytes, else None.
+
+    Some ffmpeg builds do not recognise these at all (an HLS playlist without an .m3u8 name
+    since ffmpeg 7, DASH without libxml2): without this the same playlist would be
+    AUDIO_FORMAT_REFUSED on one build and AUDIO_UNREADABLE on another.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"#EXTM3U"):
+        return "hls"
+    if head.startswith(b"<") and b"<MPD" in head:
+        return "dash"
+    return None
+
+
 def probe(path: Path, timeout_s: float = 60.0) -> AudioInfo:
-    """Headers only: fast even for hours of audio."""
-    proc = subprocess.Popen([ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
+    """Headers only: fast even for hours of audio. Refuses playlists and other references
+    (FormatRefused) before anything they name is opened."""
+    proc = subprocess.Popen([ffmpeg_binary(), "-hide_banner", "-nostdin", *INPUT_GUARD,
+                             "-i", str(path)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     with LIFETIME.stopper(proc.kill):
@@ -149,12 +232,18 @@ def probe(path: Path, timeout_s: float = 60.0) -> AudioInfo:
             proc.communicate()
             raise UnreadableAudio("reading the file's headers timed out") from None
     LIFETIME.raise_if_stopping()
-    return parse_probe(stderr.decode("utf-8", "replace"))
+    text = stderr.decode("utf-8", "replace")
+    raise_if_refused(text)
+    if _INPUT_RE.search(text) is None:  # not recognised: a playlist this ffmpeg does not know?
+        reference = reference_by_signature(path)
+        if reference is not None:
+            raise FormatRefused(reference)
+    return parse_probe(text)
 
 
 def _ffmpeg_args(path: Path, start: float, length: float | None) -> list[str]:
     """ffmpeg writing float32 mono 16 kHz from `start` seconds, for `length` seconds or to the end."""
-    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", *INPUT_GUARD]
     if start > 0:
         # Seek the input to a little before `start`, then let ffmpeg decode and drop the lead-in:
         # the decoder is warmed up (MP3 bit reservoir) by the joint, so the samples equal a
@@ -250,6 +339,7 @@ def _read_into(proc: subprocess.Popen, buf: np.ndarray, start: int, limit: int |
         raise DecoderKilled(f"the decoder was stopped from outside (exit status {proc.returncode})")
     if proc.returncode != 0:
         stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
+        raise_if_refused(stderr)
         raise UnreadableAudio(_first_line(stderr) or "ffmpeg could not decode the audio")
     return buf, pos // BYTES_PER_SAMPLE - start
 
@@ -297,15 +387,20 @@ def scan_duration(path: Path, max_seconds: float, timeout_s: float = 300.0) -> f
 
     For containers whose header does not say (live WebM, some streams): reading packet
     timestamps is I/O-bound, so a 100-hour file is refused in seconds, before any sample
-    is allocated. Raises AudioTooLong as soon as the running length passes max_seconds.
+    is allocated. Raises AudioTooLong as soon as the running length passes max_seconds, and
+    FormatRefused for a playlist or other reference (nothing it names is opened).
     """
-    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
-            "-map", "0:a:0", "-c", "copy", "-f", "null", "-progress", "pipe:1",
+    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", *INPUT_GUARD,
+            "-i", str(path), "-map", "0:a:0", "-c", "copy", "-f", "null", "-progress", "pipe:1",
             "-stats_period", "0.2", "-"]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, text=True, errors="replace")
     timer = threading.Timer(timeout_s, proc.kill)
     timer.start()
+    stderr_chunks: list[str] = []
+    err_reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()),
+                                  daemon=True)
+    err_reader.start()
     seconds = 0.0
     try:
         with LIFETIME.stopper(proc.kill):
@@ -320,7 +415,9 @@ def scan_duration(path: Path, max_seconds: float, timeout_s: float = 300.0) -> f
         proc.stdout.close()
         proc.wait()
         timer.cancel()
+        err_reader.join(timeout=5)
     LIFETIME.raise_if_stopping()
+    raise_if_refused("".join(stderr_chunks))
     return seconds
 
 

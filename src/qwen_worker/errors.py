@@ -13,6 +13,7 @@ class ErrorCode(str, Enum):
     AUDIO_TOO_LARGE = "AUDIO_TOO_LARGE"
     AUDIO_TOO_LONG = "AUDIO_TOO_LONG"
     AUDIO_UNREADABLE = "AUDIO_UNREADABLE"
+    AUDIO_FORMAT_REFUSED = "AUDIO_FORMAT_REFUSED"
     AUDIO_TRUNCATED = "AUDIO_TRUNCATED"
     DECODE_INTERRUPTED = "DECODE_INTERRUPTED"
     UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"
@@ -36,6 +37,9 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.AUDIO_UNREADABLE: "The data is not audio ffmpeg can decode (HTML, JSON, random bytes, "
                                 "an image), has no audio stream, holds no samples, or ffmpeg exits "
                                 "with an error part-way.",
+    ErrorCode.AUDIO_FORMAT_REFUSED: "The file is a playlist, manifest or other reference to "
+                                    "further files or streams (HLS/M3U, DASH, ffconcat, SDP, "
+                                    "image sequence); refused before anything it names is opened.",
     ErrorCode.AUDIO_TRUNCATED: "The audio stream ends well before the duration its container "
                                "states: the file is cut short or damaged.",
     ErrorCode.DECODE_INTERRUPTED: "The ffmpeg decoder was killed from outside the worker (a signal, "

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .decode import (AudioTooLong, DecodeError, DecoderKilled, EmptyAudio, NoAudioStream,
-                     TruncatedAudio, probe)
+from .decode import (AudioTooLong, DecodeError, DecoderKilled, EmptyAudio, FormatRefused,
+                     NoAudioStream, TruncatedAudio, probe)
 from .download import DownloadPolicy, decode_base64, fetch_url
 from .engine import Engine, EngineError, is_fatal_gpu_error
 from .errors import ErrorCode, WorkerError, in_cause_chain
@@ -164,6 +164,9 @@ class Worker:
                                          timings=timings, progress=progress)
         except AudioTooLong as exc:
             raise WorkerError(ErrorCode.AUDIO_TOO_LONG, str(exc)) from None
+        except FormatRefused as exc:  # a playlist or manifest: nothing it names was opened
+            log.warning("refused a %s file", exc.demuxer)
+            raise WorkerError(ErrorCode.AUDIO_FORMAT_REFUSED, str(exc)) from None
         except (NoAudioStream, EmptyAudio) as exc:
             raise WorkerError(ErrorCode.AUDIO_UNREADABLE, str(exc)) from None
         except TruncatedAudio as exc:
