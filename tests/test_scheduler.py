@@ -53,7 +53,7 @@ class NamingEngine:
         return [[AlignedToken(t, 0.0, c.size / SR)] for c, t in zip(chunks, texts)]
 
     def fit_context(self, context):
-        return context, False
+        return context, []
 
 
 def _submit_together(scheduler: BatchScheduler, requests: list[tuple[list[float], str]]):

@@ -21,6 +21,9 @@ HUB_ALIGNER_ID = "Qwen/Qwen3-ForcedAligner-0.6B"
 # the caller's context and the output.
 MAX_CHUNK_AUDIO_TOKENS = 3900
 PROMPT_TEMPLATE_TOKENS = 64
+# The aligner's prompt: the audio, its markers, and per word its text tokens and two
+# <timestamp> tokens; a chunk's words have at most as many tokens as its transcript.
+ALIGNER_TOKENS_PER_OUTPUT_TOKEN = 3
 
 
 class ConfigError(ValueError):
@@ -43,6 +46,10 @@ class Settings:
     vllm_max_num_batched_tokens: int
     vllm_max_num_seqs: int
     vllm_enforce_eager: bool
+    vllm_aligner_gpu_memory_utilization: float
+    vllm_aligner_max_model_len: int
+    vllm_aligner_max_num_seqs: int
+    vllm_aligner_enforce_eager: bool
     max_download_bytes: int
     max_base64_bytes: int
     max_audio_seconds: float
@@ -97,20 +104,15 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _cuda_available() -> bool:
-    # NVML-based: torch's default check initialises the CUDA runtime, after which vLLM's
-    # forked engine process cannot use CUDA (qwen_worker/__init__.py sets the variable before
-    # torch is first imported; this keeps it set whoever imported torch).
+    # NVML-based: torch's default check initialises the CUDA runtime, which would hold a CUDA
+    # context (~0.5 GiB of GPU memory) in this process although only vLLM's engine processes
+    # use the GPU (qwen_worker/__init__.py sets the variable before torch is first imported;
+    # this keeps it set whoever imported torch).
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     try:
         import torch
     except ImportError:
         return False
-    if torch.cuda._is_compiled() and torch.cuda._device_count_nvml() < 0:
-        # No usable NVML (driver library not mounted, MIG): torch then asks the CUDA runtime,
-        # which poisons fork, so vLLM must spawn its engine process instead. Spawn is not the
-        # default because qwen-asr's model registration reaches a spawned engine only as a
-        # side effect of unpickling its config class.
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     return bool(torch.cuda.is_available())
 
 
@@ -169,14 +171,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         asr_batch_seconds=_float(env, "ASR_BATCH_SECONDS", 2160.0, 30.0, 1e6),
         device=device,
         dtype=dtype,
-        # 270 s -> 3510 audio tokens + prompt + up to MAX_NEW_TOKENS output.
+        # 300 s -> 3900 audio tokens + prompt + context + up to MAX_NEW_TOKENS output.
         vllm_max_model_len=_int(env, "VLLM_MAX_MODEL_LEN", 8192, 1024, 65536),
-        # vLLM's share of the card (weights + KV cache); the rest holds the aligner (~3.7 GiB peak
-        # at batch 1, weights included) and both CUDA contexts on a 24 GB card.
-        vllm_gpu_memory_utilization=_float(env, "VLLM_GPU_MEMORY_UTILIZATION", 0.55, 0.05, 0.95),
+        # The ASR engine's share of the card (weights, activations, KV cache). On a 24 GB card:
+        # 12 GB, of which ~8 GB KV cache (~70k tokens); the aligner takes 0.25, and the rest
+        # holds the two engine processes' CUDA contexts.
+        vllm_gpu_memory_utilization=_float(env, "VLLM_GPU_MEMORY_UTILIZATION", 0.45, 0.02, 0.95),
+        # One audio item must fit the encoder cache, which is this budget: >= 3900 (300 s).
         vllm_max_num_batched_tokens=_int(env, "VLLM_MAX_NUM_BATCHED_TOKENS", 16384, 1024, 1 << 20),
         vllm_max_num_seqs=vllm_max_num_seqs,
         vllm_enforce_eager=_bool(env, "VLLM_ENFORCE_EAGER", False),
+        vllm_aligner_gpu_memory_utilization=_float(env, "VLLM_ALIGNER_GPU_MEMORY_UTILIZATION",
+                                                   0.30, 0.02, 0.95),
+        # 300 s of audio and the words of up to MAX_NEW_TOKENS tokens (2048: 10,052 tokens).
+        vllm_aligner_max_model_len=_int(env, "VLLM_ALIGNER_MAX_MODEL_LEN", 12288, 1024, 65536),
+        vllm_aligner_max_num_seqs=_int(env, "VLLM_ALIGNER_MAX_NUM_SEQS", 16, 1, 1024),
+        vllm_aligner_enforce_eager=_bool(env, "VLLM_ALIGNER_ENFORCE_EAGER", False),
         max_download_bytes=_int(env, "MAX_DOWNLOAD_BYTES", 2 * 1024**3, 1, 1 << 40),
         max_base64_bytes=_int(env, "MAX_BASE64_BYTES", 20 * 1024**2, 1, 1 << 32),
         max_audio_seconds=_float(env, "MAX_AUDIO_SECONDS", 6 * 3600.0, 1.0, 1e7),
@@ -208,12 +218,37 @@ def chunk_token_budget(settings: Settings) -> int:
             + settings.max_new_tokens)
 
 
+def aligner_token_budget(settings: Settings) -> int:
+    """The most tokens one chunk's aligner prompt can need."""
+    return (MAX_CHUNK_AUDIO_TOKENS + PROMPT_TEMPLATE_TOKENS
+            + ALIGNER_TOKENS_PER_OUTPUT_TOKEN * settings.max_new_tokens)
+
+
 def _check_token_budget(settings: Settings) -> None:
-    """vLLM refuses any prompt over max_model_len: refuse the settings now, not a job later."""
+    """vLLM refuses any prompt over max_model_len, and any audio over the encoder budget:
+    refuse the settings now, in one line, not a job later."""
+    if settings.backend != "vllm":
+        return
     need = chunk_token_budget(settings)
-    if settings.backend == "vllm" and settings.vllm_max_model_len < need:
+    if settings.vllm_max_model_len < need:
         raise ConfigError(
             f"VLLM_MAX_MODEL_LEN={settings.vllm_max_model_len} is too small: a 300 s chunk needs "
             f"{MAX_CHUNK_AUDIO_TOKENS} audio + {PROMPT_TEMPLATE_TOKENS} prompt + MAX_CONTEXT_TOKENS "
             f"{settings.max_context_tokens} + MAX_NEW_TOKENS {settings.max_new_tokens} = {need} "
             f"tokens; raise VLLM_MAX_MODEL_LEN to {need} or lower MAX_NEW_TOKENS or MAX_CONTEXT_TOKENS")
+    if settings.vllm_max_num_batched_tokens < MAX_CHUNK_AUDIO_TOKENS:
+        raise ConfigError(
+            f"VLLM_MAX_NUM_BATCHED_TOKENS={settings.vllm_max_num_batched_tokens} is too small: "
+            f"vLLM encodes a chunk's audio in one step within this budget, and a 300 s chunk is "
+            f"{MAX_CHUNK_AUDIO_TOKENS} audio tokens; raise it to at least {MAX_CHUNK_AUDIO_TOKENS}")
+    align_need = aligner_token_budget(settings)
+    if settings.vllm_aligner_max_model_len < align_need:
+        raise ConfigError(
+            f"VLLM_ALIGNER_MAX_MODEL_LEN={settings.vllm_aligner_max_model_len} is too small: the "
+            f"aligner's prompt for a 300 s chunk with MAX_NEW_TOKENS {settings.max_new_tokens} can "
+            f"reach {align_need} tokens; raise it to {align_need} or lower MAX_NEW_TOKENS")
+    share = settings.vllm_gpu_memory_utilization + settings.vllm_aligner_gpu_memory_utilization
+    if share > 0.95:
+        raise ConfigError(
+            f"VLLM_GPU_MEMORY_UTILIZATION + VLLM_ALIGNER_GPU_MEMORY_UTILIZATION = {share:.2f}: the "
+            "two engines share one GPU and together may take at most 0.95 of it")

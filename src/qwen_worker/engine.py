@@ -1,15 +1,14 @@
-"""The GPU edge: Qwen3-ASR and Qwen3-ForcedAligner through the qwen-asr package.
+"""The model edge: one small interface (`Engine`) and its transformers implementation.
 
-One small interface (`Engine`), one implementation over `Qwen3ASRModel`, whose backend is
-either vLLM (GPU image) or transformers (CPU, development, tests). Everything here speaks in
-chunk time; `merge` turns it into file time.
+`QwenEngine` runs Qwen3-ASR and Qwen3-ForcedAligner through the qwen-asr package on
+transformers (CPU, development, tests; a GPU without vLLM). The GPU image runs
+`vllm_engine.VllmEngine` instead, on vLLM's own model classes. Everything here speaks in chunk
+time; `merge` turns it into file time.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
@@ -20,6 +19,7 @@ from .decode import SAMPLE_RATE
 from .errors import in_cause_chain
 from .languages import ALIGNER_LANGUAGES
 from .model_files import resolve_model
+from .prompts import ContextFitter
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ class Engine(Protocol):
     asr_model: str
     aligner_model: str
     aligner_languages: frozenset[str]
+    # True when the engine is safe to call from many job threads at once and batches their
+    # requests itself (vLLM); else the worker serialises calls through its BatchScheduler.
+    batches_itself: bool
 
     def transcribe(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
                    contexts: Sequence[str]) -> list[AsrOutput]: ...
@@ -66,7 +69,9 @@ class Engine(Protocol):
     def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
               languages: Sequence[str]) -> list[list[AlignedToken]]: ...
 
-    def fit_context(self, context: str) -> tuple[str, bool]: ...
+    def fit_context(self, context: str) -> tuple[str, list[str]]:
+        """(the context as the prompt will hold it, warnings for the job)."""
+        ...
 
 
 # Exception names and messages after which the GPU or the engine cannot be trusted again.
@@ -107,29 +112,36 @@ def _release_gpu_cache(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _padded(samples: np.ndarray) -> np.ndarray:
+def read_asr_output(raw: str, forced: str | None, output_tokens: int,
+                    hit_token_limit: bool) -> AsrOutput:
+    """A chunk's raw model output ("language X<asr_text>text"), parsed as qwen-asr parses it."""
+    from qwen_asr.inference.utils import detect_and_fix_repetitions, parse_asr_output
+
+    language, text = parse_asr_output(raw, user_language=forced)
+    return AsrOutput(language=language, text=text, output_tokens=output_tokens,
+                     hit_token_limit=hit_token_limit,
+                     repetition_loop=detect_and_fix_repetitions(raw.strip()) != raw.strip())
+
+
+def padded(samples: np.ndarray) -> np.ndarray:
+    """At least MIN_INPUT_SAMPLES (vLLM refuses audio of 160 samples or fewer)."""
     if samples.shape[0] >= MIN_INPUT_SAMPLES:
         return samples
     return np.pad(samples, (0, MIN_INPUT_SAMPLES - samples.shape[0]))
 
 
 class QwenEngine:
-    """Wraps a loaded `qwen_asr.Qwen3ASRModel` that carries its forced aligner."""
+    """Wraps a loaded transformers `qwen_asr.Qwen3ASRModel` that carries its forced aligner."""
+
+    batches_itself = False
 
     def __init__(self, model: Any, *, backend: str, asr_model: str, aligner_model: str,
                  max_new_tokens: int, aligner_batch_size: int, max_context_tokens: int,
                  device: str, asr_batch_seconds: float = float("inf"),
                  asr_batch_size: int = 1 << 30):
-        from qwen_asr.inference.utils import detect_and_fix_repetitions, parse_asr_output
-
         self._model = model
-        self._parse = parse_asr_output
-        self._fix_repetitions = detect_and_fix_repetitions
         self._tokenizer = model.processor.tokenizer
-        # Job threads measure contexts while the engine thread runs the model, which uses the
-        # tokenizer too: a private copy, so no two threads ever share one Rust tokenizer.
-        self._context_tokenizer = copy.deepcopy(self._tokenizer)
-        self._context_lock = threading.Lock()
+        self._contexts = ContextFitter(self._tokenizer, max_context_tokens)
         self.backend = backend
         self.asr_model = asr_model
         self.aligner_model = aligner_model
@@ -148,7 +160,7 @@ class QwenEngine:
 
     def transcribe(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
                    contexts: Sequence[str]) -> list[AsrOutput]:
-        """All chunks in one batched generate call (the backend slices it if configured).
+        """All chunks in batched generate calls, sliced by padded audio (ASR_BATCH_SECONDS).
 
         languages and contexts are per chunk: one call may serve the chunks of several jobs.
         """
@@ -156,7 +168,7 @@ class QwenEngine:
         # and hides the raw output that tells a truncated or looping chunk apart.
         def run(items: list[tuple[np.ndarray, str | None, str]]) -> list[str]:
             return self._model._infer_asr([ctx for _, _, ctx in items],
-                                          [_padded(c) for c, _, _ in items],
+                                          [padded(c) for c, _, _ in items],
                                           [lang for _, lang, _ in items])
 
         if isinstance(contexts, str) or len(contexts) != len(chunks):
@@ -174,7 +186,7 @@ class QwenEngine:
 
     def _asr_slices(self, lengths: list[int]) -> list[list[int]]:
         """Generate calls by padded audio: longest first, each call's count x longest chunk
-        within ASR_BATCH_SECONDS and at most ASR_BATCH_SIZE chunks (vLLM: one call)."""
+        within ASR_BATCH_SECONDS and at most ASR_BATCH_SIZE chunks."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         budget = self.asr_batch_seconds * SAMPLE_RATE
         slices: list[list[int]] = []
@@ -186,26 +198,14 @@ class QwenEngine:
                 slices.append([i])
         return slices
 
-    def fit_context(self, context: str) -> tuple[str, bool]:
-        """Cut the context to MAX_CONTEXT_TOKENS (the token budget checked at start-up)."""
-        with self._context_lock:
-            ids = self._context_tokenizer(context, add_special_tokens=False)["input_ids"]
-            if len(ids) <= self.max_context_tokens:
-                return context, False
-            return self._context_tokenizer.decode(ids[: self.max_context_tokens]), True
+    def fit_context(self, context: str) -> tuple[str, list[str]]:
+        return self._contexts.fit(context)
 
     def _read_output(self, raw: str, forced: str | None) -> AsrOutput:
         raw = raw or ""
         # Re-tokenising the decoded text gives the output length within a token or two.
         tokens = len(self._tokenizer(raw, add_special_tokens=False)["input_ids"])
-        language, text = self._parse(raw, user_language=forced)
-        return AsrOutput(
-            language=language,
-            text=text,
-            output_tokens=tokens,
-            hit_token_limit=tokens >= int(self.max_new_tokens * 0.98),
-            repetition_loop=self._fix_repetitions(raw.strip()) != raw.strip(),
-        )
+        return read_asr_output(raw, forced, tokens, tokens >= int(self.max_new_tokens * 0.98))
 
     def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
               languages: Sequence[str]) -> list[list[AlignedToken]]:
@@ -213,7 +213,7 @@ class QwenEngine:
         aligner = self._model.forced_aligner
 
         def run(items: list[tuple[np.ndarray, str, str]]) -> list[list[AlignedToken]]:
-            results = aligner.align(audio=[(_padded(c), SAMPLE_RATE) for c, _, _ in items],
+            results = aligner.align(audio=[(padded(c), SAMPLE_RATE) for c, _, _ in items],
                                     text=[t for _, t, _ in items],
                                     language=[lang for _, _, lang in items])
             return [[AlignedToken(it.text, float(it.start_time), float(it.end_time))
@@ -240,19 +240,6 @@ def _torch_dtype(name: str) -> Any:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def vllm_kwargs(settings: Settings) -> dict[str, Any]:
-    """Arguments for `vllm.LLM`, sized for chunks of up to 300 s (3900 audio tokens)."""
-    return {
-        "gpu_memory_utilization": settings.vllm_gpu_memory_utilization,
-        "max_model_len": settings.vllm_max_model_len,
-        "max_num_batched_tokens": settings.vllm_max_num_batched_tokens,
-        "max_num_seqs": settings.vllm_max_num_seqs,
-        "enforce_eager": settings.vllm_enforce_eager,
-        "limit_mm_per_prompt": {"audio": 1},
-        "dtype": settings.dtype,
-    }
-
-
 def configure_torch(device: str) -> None:
     """Process-wide torch settings for the transformers-run models (the aligner always is)."""
     if device == "cuda":
@@ -263,38 +250,32 @@ def configure_torch(device: str) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-def load_engine(settings: Settings) -> QwenEngine:
+def load_engine(settings: Settings) -> Engine:
     """Load both models once per worker process. vLLM starts processes: call only from __main__.
 
     Raises model_files.StartupError, naming the setting, for a model it cannot find or read.
     """
     asr_path = resolve_model(settings.asr_model, "ASR_MODEL")
     aligner_path = resolve_model(settings.aligner_model, "ALIGNER_MODEL")
+    if settings.backend == "vllm":
+        from .vllm_engine import load_vllm_engine
+
+        return load_vllm_engine(settings, asr_path, aligner_path)
     from qwen_asr import Qwen3ASRModel
 
     configure_torch(settings.device)
 
     device_map = "cuda:0" if settings.device == "cuda" else "cpu"
     aligner_kwargs = {"dtype": _torch_dtype(settings.dtype), "device_map": device_map}
-    if settings.backend == "vllm":
-        model = Qwen3ASRModel.LLM(
-            model=asr_path,
-            forced_aligner=aligner_path,
-            forced_aligner_kwargs=aligner_kwargs,
-            max_inference_batch_size=-1,  # vLLM schedules the whole batch itself
-            max_new_tokens=settings.max_new_tokens,
-            **vllm_kwargs(settings),
-        )
-    else:
-        model = Qwen3ASRModel.from_pretrained(
-            asr_path,
-            forced_aligner=aligner_path,
-            forced_aligner_kwargs=aligner_kwargs,
-            max_inference_batch_size=settings.asr_batch_size,
-            max_new_tokens=settings.max_new_tokens,
-            dtype=_torch_dtype(settings.dtype),
-            device_map=device_map,
-        )
+    model = Qwen3ASRModel.from_pretrained(
+        asr_path,
+        forced_aligner=aligner_path,
+        forced_aligner_kwargs=aligner_kwargs,
+        max_inference_batch_size=settings.asr_batch_size,
+        max_new_tokens=settings.max_new_tokens,
+        dtype=_torch_dtype(settings.dtype),
+        device_map=device_map,
+    )
     log.info("loaded %s (%s backend) with aligner %s", settings.asr_model, settings.backend,
              settings.aligner_model)
     return QwenEngine(model, backend=settings.backend, asr_model=settings.asr_model,
@@ -303,6 +284,5 @@ def load_engine(settings: Settings) -> QwenEngine:
                       aligner_batch_size=settings.aligner_batch_size,
                       max_context_tokens=settings.max_context_tokens,
                       device=settings.device,
-                      **({} if settings.backend == "vllm" else {
-                          "asr_batch_seconds": settings.asr_batch_seconds,
-                          "asr_batch_size": settings.asr_batch_size}))
+                      asr_batch_seconds=settings.asr_batch_seconds,
+                      asr_batch_size=settings.asr_batch_size)

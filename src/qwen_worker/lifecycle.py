@@ -24,7 +24,9 @@ import shutil
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,27 @@ class _Lifetime:
 
 
 LIFETIME = _Lifetime()
+
+T = TypeVar("T")
+_STOP_POLL_SECONDS = 0.2  # how soon a stopped job's thread stops waiting for the engine
+
+
+def wait_in_job(future: "Future[T]", dropped: str = "the job's engine request was dropped") -> T:
+    """The future's result, for the current job: stopping the job cancels the future (a
+    queued request is dropped; a vLLM request is aborted) and raises its stop reason here,
+    even while the work it waits for is still running."""
+    scope = CURRENT_JOB.get()
+    if scope is None:
+        return future.result()
+    with scope.stopper(future.cancel):
+        while True:
+            try:
+                return future.result(timeout=_STOP_POLL_SECONDS)
+            except FutureTimeout:
+                scope.raise_if_stopped()
+            except CancelledError:
+                scope.raise_if_stopped()
+                raise JobCancelled(dropped) from None
 
 
 def ensure_sigterm_handler() -> None:

@@ -61,9 +61,8 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
     if len(context) > options.max_context_chars:
         context = context[: options.max_context_chars]
         warnings.append(f"context was cut to {options.max_context_chars} characters")
-    context, cut = engine.fit_context(context)
-    if cut:
-        warnings.append("context was cut to MAX_CONTEXT_TOKENS tokens")
+    context, told = engine.fit_context(context)
+    warnings.extend(told)
 
     chunks = chunking.split(samples, options.chunk_seconds)
     views = [c.samples for c in chunks]

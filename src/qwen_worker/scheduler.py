@@ -21,20 +21,18 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import CancelledError, Future, InvalidStateError
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from .engine import AlignedToken, AsrOutput, Engine, is_fatal_gpu_error, is_out_of_memory
-from .lifecycle import CURRENT_JOB, JobCancelled, ShuttingDown
+from .lifecycle import ShuttingDown, wait_in_job
 
 log = logging.getLogger(__name__)
 
 ASR, ALIGN = "asr", "align"
-_STOP_POLL_SECONDS = 0.2  # how soon a stopped job's thread stops waiting for a running call
 
 
 def _fail(future: Future, exc: BaseException) -> None:
@@ -82,18 +80,8 @@ class BatchScheduler:
                 raise ShuttingDown("the engine is shutting down")
             self._queue.append(request)
             self._cv.notify()
-        scope = CURRENT_JOB.get()
-        if scope is None:
-            return request.future.result()
-        with scope.stopper(request.future.cancel):  # dropped if still queued
-            while True:  # a stopped job stops waiting even for a call already running
-                try:
-                    return request.future.result(timeout=_STOP_POLL_SECONDS)
-                except FutureTimeout:
-                    scope.raise_if_stopped()
-                except CancelledError:
-                    scope.raise_if_stopped()
-                    raise JobCancelled("the job's engine request was dropped") from None
+        # Stopping the job drops the request if still queued, and stops the wait either way.
+        return wait_in_job(request.future)
 
     def engine_for_job(self) -> "SharedEngine":
         return SharedEngine(self)
@@ -223,5 +211,5 @@ class SharedEngine:
               languages: Sequence[str]) -> list[list[AlignedToken]]:
         return self._scheduler.submit(ALIGN, list(zip(chunks, texts, languages)))
 
-    def fit_context(self, context: str) -> tuple[str, bool]:
+    def fit_context(self, context: str) -> tuple[str, list[str]]:
         return self._scheduler.engine.fit_context(context)  # tokenizer only: thread-safe

@@ -77,11 +77,23 @@ def _gpu_memory(device: str) -> str:
         return "no GPU"
     import torch
 
-    free, total = torch.cuda.mem_get_info()
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    # vLLM's engine runs in its own process: the device-wide figure includes it.
-    return (f"this process peak {peak:.2f} GiB, device in use {(total - free) / 2**30:.2f} "
-            f"of {total / 2**30:.1f} GiB")
+    # Through NVML: vLLM's engines run in processes of their own, and asking torch here would
+    # create a CUDA context (~0.5 GiB) in this process, which otherwise never uses the GPU.
+    try:
+        try:
+            import pynvml  # nvidia-ml-py, a vLLM requirement
+        except ImportError:
+            from vllm.third_party import pynvml  # vLLM's own copy
+        pynvml.nvmlInit()
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+        used, total = info.used, info.total
+    except ImportError:
+        free, total = torch.cuda.mem_get_info()
+        used = total - free
+    figure = f"device in use {used / 2**30:.2f} of {total / 2**30:.1f} GiB"
+    if torch.cuda.is_initialized():  # the transformers backend: its models are in here
+        figure = f"this process peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, " + figure
+    return figure
 
 
 def run_self_test(settings: Settings, engine: Engine, load_seconds: float) -> int:

@@ -1,7 +1,8 @@
 """One job: validate -> fetch -> probe -> transcribe -> format, with every failure mapped to a code.
 
 Jobs run concurrently, each in a thread of its own (downloads and decodes overlap); their
-engine calls meet in the one `BatchScheduler`, which shares GPU batches between them.
+engine calls share batches: in vLLM's running batch (GPU), or in the one `BatchScheduler`'s
+gathered calls (transformers).
 """
 
 from __future__ import annotations
@@ -42,13 +43,17 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 class Worker:
-    """Holds the loaded engine behind its scheduler; `handle_async` is RunPod's handler."""
+    """Holds the loaded engine (behind a scheduler unless it batches itself); `handle_async`
+    is RunPod's handler."""
 
     def __init__(self, settings: Settings, engine: Engine):
         self.settings = settings
         self.engine = engine
-        self.scheduler = BatchScheduler(engine, gather_seconds=settings.scheduler_gather_s,
-                                        max_chunks=settings.scheduler_max_chunks)
+        # vLLM batches the requests of all jobs itself, as they come (continuous batching);
+        # the transformers models need one owner that gathers jobs into shared calls.
+        self.scheduler = None if engine.batches_itself else BatchScheduler(
+            engine, gather_seconds=settings.scheduler_gather_s,
+            max_chunks=settings.scheduler_max_chunks)
         # One thread per job slot: asyncio's default pool has only cpu_count + 4 threads, which
         # would leave slots idle on small hosts.
         self._job_threads = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="job")
@@ -158,7 +163,8 @@ class Worker:
 
         try:
             info = probe(path)
-            transcript = transcribe_file(path, request.options, self.scheduler.engine_for_job(),
+            engine = self.engine if self.scheduler is None else self.scheduler.engine_for_job()
+            transcript = transcribe_file(path, request.options, engine,
                                          max_audio_seconds=s.max_audio_seconds,
                                          decode_workers=s.decode_workers, info=info,
                                          timings=timings, progress=progress)

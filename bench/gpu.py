@@ -1,0 +1,496 @@
+"""bench/gpu: the worker on a GPU (vLLM 0.22), through its own load path and job path.
+
+Full-size Qwen3-ASR (0.6B or 1.7B) and Qwen3-ForcedAligner-0.6B ARCHITECTURES with RANDOM
+weights (nothing is downloaded; the dirs are written by a child process, see `build_dirs`),
+loaded with the worker's `load_engine` under the settings of a 24 GB card: each engine's memory
+share is the worker's default fraction of 24 GiB, whatever the card. Random weights give
+meaningless words, so output lengths are fixed the way the engine floors were measured: 900
+tokens per 270 s chunk, 100 per 30 s clip (EOS ignored), drawn at random from ~250 English
+word tokens so the aligner gets a realistic prompt (~900 words per chunk) and no chunk loops.
+
+Phases (each row of the printed table; `--json` keeps them all):
+  startup     load_engine to ready (both engines, warm-up included), the fitness check's
+              warm-up clip, and `run_self_test` (structure checks: random weights, noise)
+  hour        one 1 h WAV through Worker.handle (loopback download, decode, ASR, alignment,
+              merge): the job's own timings
+  engines     the same 14 chunks through engine.transcribe and engine.align (700 words each),
+              vLLM against the transformers backend (`--transformers`) in the same run
+  agreement   same weights, same inputs: aligner probabilities (cosine, max |diff| against
+              softmax of the transformers logits) and the ASR's first-token log-probabilities
+  jobs-N      64 jobs of 30 s (audio_base64) through Worker.handle at concurrency N: GPU
+              seconds per audio hour, p50/p95 of a job against alone, peak device memory
+  during      a 30 s job sent 1 s after a 1 h job: its latency against alone
+
+    python bench/gpu.py --size 0.6b --transformers --json $OUT/gpu-0.6b.json   # GPU machine
+    .venv/bin/python bench/gpu.py --smoke          # CPU: the stand-in vllm, tiny dims, few jobs
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT / "src", ROOT / "tests", ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+SR = 16000
+CARD_GIB = 24.0  # the memory split is sized for a 24 GB card
+TOKENS_PER_SECOND = 900 / 270  # fixed output: 900 tokens per 270 s chunk, 100 per 30 s
+EOS_IDS = (151645, 151643)
+
+_ENCODER = dict(encoder_attention_heads=16, encoder_ffn_dim=4096, d_model=1024,
+                encoder_layers=24, downsample_hidden_size=480)
+_TEXT = dict(num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+             mrope_section=[24, 20, 20])
+DIMS = {
+    "0.6b": dict(asr_audio=dict(encoder_layers=18, d_model=896, encoder_attention_heads=14,
+                                encoder_ffn_dim=3584, output_dim=1024, downsample_hidden_size=480),
+                 aligner_audio=dict(_ENCODER, output_dim=1024),
+                 text=dict(_TEXT, hidden_size=1024, intermediate_size=3072)),
+    "1.7b": dict(asr_audio=dict(_ENCODER, output_dim=2048),
+                 aligner_audio=dict(_ENCODER, output_dim=1024),
+                 text=dict(_TEXT, hidden_size=2048, intermediate_size=6144),
+                 aligner_text=dict(_TEXT, hidden_size=1024, intermediate_size=3072)),
+    "tiny": dict(asr_audio=dict(encoder_layers=1, d_model=32, encoder_attention_heads=2,
+                                encoder_ffn_dim=64, output_dim=64, downsample_hidden_size=16),
+                 aligner_audio=dict(encoder_layers=1, d_model=32, encoder_attention_heads=2,
+                                    encoder_ffn_dim=64, output_dim=64, downsample_hidden_size=16),
+                 text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                           mrope_section=[4, 2, 2])),
+}
+WORDS = ("the of and to in is that it was for on are as with his they at be this from have or "
+         "by one had not but what all were when we there can an your which their said if do "
+         "will each about how up out them then she many some so these would other into has more "
+         "her two like him see time could no make than first been its who now people my made "
+         "over did down only way find use may water long little very after words called just "
+         "where most know get through back much before go good new write our used me man too "
+         "any day same right look think also around another came come work three word must "
+         "because does part even place well such here take why things help put years different "
+         "away again off went old number great tell men say small every found still between "
+         "name should home big give air line set own under read last never us left end along "
+         "while might next sound below saw something thought both few those always looked show "
+         "large often together asked house world going want school important until form food "
+         "keep children feet land side without boy once animals life enough took sometimes four "
+         "head above kind began almost live page got earth need far hand high year mother light "
+         "parts country father let night following picture being study second eyes soon times "
+         "story boys since white days ever paper hard near sentence better best across during "
+         "today others however sure means knew try told young miles sun ways thing whole hear "
+         "example heard several change answer room sea against top turned learn point city play "
+         "toward five using himself usually").split()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- model dirs (a child process: CUDA there, never in the process that starts vLLM) --------
+
+def _thinker(dims: dict, audio_key: str, text_key: str, vocab: int, tied: bool) -> dict:
+    import tiny_models as tm
+
+    ids = tm._ASR_SPECIAL_IDS
+    text = dims.get(text_key, dims["text"])
+    return dict(
+        audio_config=dict(num_mel_bins=128, n_window=50, n_window_infer=800, conv_chunksize=500,
+                          max_source_positions=1500, activation_function="gelu",
+                          **dims[audio_key]),
+        text_config=dict(vocab_size=vocab, hidden_size=text["hidden_size"],
+                         intermediate_size=text["intermediate_size"],
+                         num_hidden_layers=text["num_hidden_layers"],
+                         num_attention_heads=text["num_attention_heads"],
+                         num_key_value_heads=text["num_key_value_heads"],
+                         head_dim=text["head_dim"], hidden_act="silu",
+                         max_position_embeddings=65536, rms_norm_eps=1e-6, rope_theta=1e6,
+                         rope_scaling={"rope_type": "default", "interleaved": True,
+                                       "mrope_section": list(text["mrope_section"])},
+                         tie_word_embeddings=tied, pad_token_id=ids[tm.ENDOFTEXT]),
+        audio_token_id=ids[tm.AUDIO_PAD], audio_start_token_id=ids[tm.AUDIO_START],
+        audio_end_token_id=ids[tm.AUDIO_END])
+
+
+def build_dirs(base: Path, size: str, device: str) -> None:
+    """Random-weight ASR and aligner dirs with the real vocabulary sizes and special-token ids
+    (a small byte-level BPE tokenizer in which each benchmark word is one token)."""
+    import torch
+    import tiny_models as tm
+    from qwen_asr.core.transformers_backend import (Qwen3ASRConfig,
+                                                    Qwen3ASRForConditionalGeneration)
+
+    dims = DIMS[size]
+    # Each word alone (aligner prompts) and after a space (generated text) is one token.
+    extra = list(dict.fromkeys(t for w in WORDS for t in (tm._bl(w), tm._bl(" " + w))))
+
+    def save(path: Path, config: dict, seed: int, edit: Callable[[Any], None]) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        tm._write_tokenizer_files(path, tm._ASR_SPECIAL_IDS, tm._ASR_ADDED_IDS, extra)
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = Qwen3ASRForConditionalGeneration(Qwen3ASRConfig(**config))
+        model = model.to(torch.bfloat16).eval()
+        edit(model)
+        model.save_pretrained(str(path), safe_serialization=True)
+
+    def no_eos(model: Any) -> None:  # greedy decoding never ends early (transformers side)
+        with torch.no_grad():
+            for i in EOS_IDS:
+                model.thinker.lm_head.weight[i].zero_()
+        gen = model.generation_config
+        gen.eos_token_id, gen.bos_token_id, gen.do_sample = list(EOS_IDS), None, False
+        gen.pad_token_id = tm._ASR_SPECIAL_IDS[tm.ENDOFTEXT]
+
+    save(base / "asr", dict(thinker_config=_thinker(dims, "asr_audio", "text", 151936,
+                                                    size == "0.6b" or size == "tiny"),
+                            support_languages=None), 0, no_eos)
+    aligner = _thinker(dims, "aligner_audio", "aligner_text", 152064, False)
+    aligner.update(model_type="qwen3_forced_aligner", classify_num=5000)
+    save(base / "aligner", dict(thinker_config=aligner, support_languages=None,
+                                timestamp_token_id=tm._ASR_ADDED_IDS[tm.TIMESTAMP],
+                                timestamp_segment_time=80), 1, lambda m: None)
+    cfg_path = base / "aligner" / "config.json"  # save_pretrained drops the thinker's type
+    cfg = json.loads(cfg_path.read_text())
+    cfg["thinker_config"].update(model_type="qwen3_forced_aligner", classify_num=5000)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    (base / "done").write_text(size)
+
+
+def ensure_dirs(base: Path, size: str, device: str) -> None:
+    if (base / "done").exists():
+        return
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--build", str(base), "--size", size,
+                    "--build-device", device], check=True)
+    log(f"built {size} dirs in {time.perf_counter() - t0:.1f} s")
+
+
+# -- measuring helpers ------------------------------------------------------------------------
+
+class DeviceMemory:
+    """Peak device memory in use (all processes: the engines run in their own) via NVML."""
+
+    def __init__(self) -> None:
+        try:
+            try:
+                import pynvml
+            except ImportError:
+                from vllm.third_party import pynvml
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._nvml = pynvml
+            self.total_gib = pynvml.nvmlDeviceGetMemoryInfo(self._handle).total / 2**30
+        except Exception:  # noqa: BLE001 - no GPU (smoke run)
+            self._nvml = None
+            self.total_gib = CARD_GIB
+        self.peak = 0.0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def used_gib(self) -> float:
+        if self._nvml is None:
+            return 0.0
+        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**30
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.used_gib())
+
+    def reset(self) -> None:
+        self.peak = self.used_gib()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def noise(seconds: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 0.1, int(seconds * SR)).astype(np.float32)
+
+
+def random_words(n: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n))
+
+
+# -- phases -----------------------------------------------------------------------------------
+
+def settings_env(asr: Path, aligner: Path, total_gib: float, backend: str, work: Path) -> dict:
+    from qwen_worker.config import load_settings
+
+    defaults = load_settings({"ASR_BACKEND": "vllm", "ASR_DEVICE": "cuda"})
+    scale = CARD_GIB / total_gib  # the fractions of a 24 GB card, on this card
+    return {"ASR_MODEL": str(asr), "ALIGNER_MODEL": str(aligner), "ASR_BACKEND": backend,
+            "ASR_DEVICE": "cuda" if backend == "vllm" or total_gib != CARD_GIB else "cpu",
+            "VLLM_GPU_MEMORY_UTILIZATION": f"{defaults.vllm_gpu_memory_utilization * scale:.4f}",
+            "VLLM_ALIGNER_GPU_MEMORY_UTILIZATION":
+                f"{defaults.vllm_aligner_gpu_memory_utilization * scale:.4f}",
+            "MAX_CONCURRENCY": "64", "DOWNLOAD_ALLOW_LOOPBACK": "true", "WORK_DIR": str(work),
+            "MAX_DOWNLOAD_BYTES": str(1 << 30)}
+
+
+def fixed_output(word_ids: list[int]) -> Callable[[int], dict[str, Any]]:
+    """Exactly n tokens (EOS ignored), sampled among the word tokens: random words, no loops."""
+    def overrides(samples: int) -> dict[str, Any]:
+        n = max(1, round(samples / SR * TOKENS_PER_SECOND))
+        return dict(max_tokens=n, ignore_eos=True, temperature=1.0, allowed_token_ids=word_ids)
+    return overrides
+
+
+def run_jobs(worker: Any, jobs: list[dict], concurrency: int) -> tuple[float, list[float], list]:
+    """Jobs through Worker.handle from `concurrency` threads; (wall s, job seconds, outputs)."""
+    took: list[float] = []
+    outputs: list[Any] = []
+
+    def one(job: dict) -> None:
+        t = time.perf_counter()
+        out = worker.handle(job)
+        took.append(time.perf_counter() - t)
+        outputs.append(out)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, jobs))
+    return time.perf_counter() - t0, took, outputs
+
+
+def check_outputs(outputs: list[dict], phase: str) -> None:
+    failed = [o for o in outputs if "error" in o or "error_code" in o]
+    if failed:
+        raise RuntimeError(f"{phase}: {len(failed)} jobs failed, first: {json.dumps(failed[0])[:400]}")
+
+
+def agreement(vllm_engine: Any, tf_engine: Any, chunk: np.ndarray) -> dict:
+    """Same weights and inputs on both backends: aligner probabilities and ASR first-token
+    log-probabilities (argmax alone means little: random weights collapse it)."""
+    import torch
+    from vllm import PoolingParams, SamplingParams
+
+    from qwen_worker.prompts import asr_prompt
+
+    words, prompt = vllm_engine._aligner_text.encode_timestamp(random_words(60, 7), "English")
+    mm = {"audio": chunk}
+    pooled = vllm_engine._run(vllm_engine._encode({"prompt": prompt, "multi_modal_data": mm}))
+    v_rows = pooled.outputs.data.float().cpu()
+    aligner = tf_engine._model.forced_aligner
+    inputs = aligner.processor(text=[prompt], audio=[chunk], return_tensors="pt", padding=True)
+    inputs = inputs.to(aligner.model.device).to(aligner.model.dtype)
+    with torch.inference_mode():
+        logits = aligner.model.thinker(**inputs).logits[0]
+    mask = inputs["input_ids"][0] == aligner.timestamp_token_id
+    t_rows = torch.softmax(logits[mask].float(), -1).cpu()
+    cos = torch.nn.functional.cosine_similarity(v_rows, t_rows, dim=-1)
+
+    text = asr_prompt("", "English")
+    out = vllm_engine._run(vllm_engine._generate(
+        {"prompt": text, "multi_modal_data": mm},
+        SamplingParams(temperature=0.0, max_tokens=1, logprobs=20, detokenize=False)))
+    v_top = out.outputs[0].logprobs[0]  # token id -> Logprob
+    model = tf_engine._model
+    asr_in = model.processor(text=[text], audio=[chunk], return_tensors="pt", padding=True)
+    asr_in = asr_in.to(model.model.device).to(model.model.dtype)
+    with torch.inference_mode():
+        last = model.model.thinker(**asr_in).logits[0, -1].float()
+    t_logp = torch.log_softmax(last, -1).cpu()
+    diffs = [abs(lp.logprob - float(t_logp[tok])) for tok, lp in v_top.items()]
+    return {"aligner_rows": int(v_rows.shape[0]), "aligner_cosine_min": float(cos.min()),
+            "aligner_max_abs_diff": float((v_rows - t_rows).abs().max()),
+            "aligner_top1_same": float((v_rows.argmax(-1) == t_rows.argmax(-1)).float().mean()),
+            "asr_first_token_same": int(max(v_top, key=lambda t: v_top[t].logprob))
+                                    == int(t_logp.argmax()),
+            "asr_logprob_max_abs_diff": max(diffs), "asr_logprob_mean_abs_diff":
+                sum(diffs) / len(diffs)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", choices=["0.6b", "1.7b", "tiny"], default="0.6b")
+    ap.add_argument("--dirs", type=Path, default=Path(tempfile.gettempdir()) / "bench-models")
+    ap.add_argument("--transformers", action="store_true", help="also the transformers backend")
+    ap.add_argument("--concurrency", default="1,16,32,64")
+    ap.add_argument("--jobs", type=int, default=64)
+    ap.add_argument("--hour", type=float, default=3600.0, help="seconds of the long file")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--smoke", action="store_true", help="CPU: stand-in vllm, tiny dims")
+    ap.add_argument("--build", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--build-device", default="cuda", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.build:
+        build_dirs(args.build, args.size, args.build_device)
+        return 0
+    if args.smoke:
+        sys.path.insert(0, str(ROOT / "tests" / "stand_ins"))
+        args.size, args.jobs, args.hour = "tiny", 8, 600.0
+        os.environ["ASR_DTYPE"] = "float32"
+
+    from http_server import AudioHost
+    from qwen_worker.config import load_settings
+    from qwen_worker.download import allow_loopback_for_local_testing
+    from qwen_worker.engine import load_engine
+    from qwen_worker.selftest import run_self_test, warm_up
+    from qwen_worker.worker import Worker
+
+    results: dict[str, Any] = {"size": args.size}
+    memory = DeviceMemory()
+    base = args.dirs / args.size
+    ensure_dirs(base, "tiny" if args.smoke else args.size, "cpu" if args.smoke else "cuda")
+    work = Path(tempfile.mkdtemp(prefix="bench-work-"))
+    env = settings_env(base / "asr", base / "aligner", memory.total_gib, "vllm", work)
+    if args.smoke:
+        env.update(ASR_BACKEND="vllm", ASR_DEVICE="cpu", ASR_DTYPE="float32")
+    settings = load_settings(env)
+    allow_loopback_for_local_testing()
+
+    def record(name: str, row: dict) -> None:
+        results[name] = row
+        log(f"{name}: {json.dumps(row)}")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+
+    def phase(name: str, run: Callable[[], dict]) -> None:
+        """One phase; a failure is recorded and the next phase still runs."""
+        try:
+            record(name, run())
+        except Exception as exc:  # noqa: BLE001 - reported in the results
+            import traceback
+
+            traceback.print_exc()
+            record(name, {"error": f"{type(exc).__name__}: {exc}"[:500]})
+
+    t0 = time.perf_counter()
+    engine = load_engine(settings)
+    startup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    warm_up(engine)  # what the fitness check runs
+    fitness = time.perf_counter() - t0
+    self_test_rc = run_self_test(settings, engine, startup)
+    record("startup", {"ready_s": round(startup, 1), "fitness_s": round(fitness, 2),
+                       "self_test": "passed" if self_test_rc == 0 else "FAILED",
+                       "device_gib": round(memory.used_gib(), 2)})
+
+    tokenizer = engine._tokenizer
+    word_ids = sorted({i for w in WORDS for i in tokenizer(" " + w, add_special_tokens=False)["input_ids"]})
+    if len(word_ids) != len(set(WORDS)):
+        raise RuntimeError("each word after a space must be one token of the bench tokenizer")
+    engine.sampling_overrides = fixed_output(word_ids)
+    worker = Worker(settings, engine)
+    host = AudioHost()
+    hour = noise(args.hour, 1)
+    hour_url = host.file("/hour.wav", wav_bytes(hour), "audio/wav")
+    from qwen_worker import chunking
+
+    chunks = [c.samples for c in chunking.split(hour, chunking.DEFAULT_CHUNK_SECONDS)]
+    texts = [random_words(700, i) for i in range(len(chunks))]
+    english = ["English"] * len(chunks)
+    clips = [noise(30.0, 100 + i) for i in range(args.jobs)]
+    jobs = [{"id": f"clip-{i}", "input": {"audio_base64": base64.b64encode(
+        wav_bytes(c)).decode(), "language": "English"}} for i, c in enumerate(clips)]
+    alone: list[float] = []
+
+    def hour_job() -> dict:
+        memory.reset()
+        wall, _, (out,) = run_jobs(worker, [{"id": "hour", "input": {
+            "audio_url": hour_url, "language": "English"}}], 1)
+        check_outputs([out], "hour")
+        return {"wall_s": round(wall, 2), **out["timings"], "words": len(out.get("words", [])),
+                "warnings": out.get("warnings", [])[:3], "peak_gib": round(memory.peak, 2)}
+
+    def engine_calls() -> dict:
+        t0 = time.perf_counter()
+        engine.transcribe(chunks, english, [""] * len(chunks))
+        asr_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        engine.align(chunks, texts, english)
+        return {"chunks": len(chunks), "vllm_asr_s": round(asr_s, 2),
+                "vllm_align_s": round(time.perf_counter() - t0, 2),
+                "audio_h": round(args.hour / 3600, 3)}
+
+    def job_batch(conc: int) -> dict:
+        memory.reset()
+        wall, took, outs = run_jobs(worker, jobs, conc)
+        check_outputs(outs, f"jobs-{conc}")
+        if not alone:
+            alone.extend(took)
+        audio_h = len(jobs) * 30.0 / 3600
+        return {"jobs": len(jobs), "wall_s": round(wall, 2),
+                "gpu_s_per_audio_h": round(wall / audio_h, 2),
+                "p50_s": round(percentile(took, 0.5), 3), "p95_s": round(percentile(took, 0.95), 3),
+                "p50_vs_alone": round(percentile(took, 0.5) / percentile(alone, 0.5), 2),
+                "p95_vs_alone": round(percentile(took, 0.95) / percentile(alone, 0.5), 2),
+                "asr_s_mean": round(float(np.mean([o["timings"]["asr"] for o in outs])), 3),
+                "align_s_mean": round(float(np.mean([o["timings"]["align"] for o in outs])), 3),
+                "peak_gib": round(memory.peak, 2)}
+
+    def during() -> dict:
+        """A short job sent 1 s after a 1 h job: continuous batching lets it in at once."""
+        with ThreadPoolExecutor(2) as pool:
+            t_long = time.perf_counter()
+            long_future = pool.submit(worker.handle, {"id": "hour-2", "input": {
+                "audio_url": hour_url, "language": "English"}})
+            time.sleep(1.0)
+            t_short = time.perf_counter()
+            short_out = pool.submit(worker.handle, jobs[0]).result()
+            short_s = time.perf_counter() - t_short
+            long_out = long_future.result()
+            long_s = time.perf_counter() - t_long
+        check_outputs([short_out, long_out], "during")
+        base = percentile(alone, 0.5) if alone else float("nan")
+        return {"short_s": round(short_s, 3), "alone_p50_s": round(base, 3),
+                "vs_alone": round(short_s / base, 2), "long_s": round(long_s, 2)}
+
+    try:
+        phase("hour", hour_job)
+        phase("engines", engine_calls)
+        for conc in [int(c) for c in args.concurrency.split(",")]:
+            phase(f"jobs-{conc}", lambda conc=conc: job_batch(conc))
+        phase("during", during)
+        if args.transformers:
+            tf_settings = load_settings({**env, "ASR_BACKEND": "transformers",
+                                         "MAX_NEW_TOKENS": "900",
+                                         "ASR_DEVICE": "cpu" if args.smoke else "cuda"})
+            tf = load_engine(tf_settings)
+
+            def tf_calls() -> dict:
+                t0 = time.perf_counter()
+                tf.transcribe(chunks, english, [""] * len(chunks))
+                asr_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                tf.align(chunks, texts, english)
+                return {"transformers_asr_s": round(asr_s, 2),
+                        "transformers_align_s": round(time.perf_counter() - t0, 2)}
+
+            phase("transformers", tf_calls)
+            if not args.smoke:  # the stand-in computes no probabilities
+                phase("agreement", lambda: agreement(engine, tf, noise(30.0, 5)))
+    finally:
+        host.close()
+        engine.close()
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

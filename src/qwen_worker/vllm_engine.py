@@ -1,0 +1,390 @@
+"""The GPU edge: Qwen3-ASR and Qwen3-ForcedAligner on vLLM 0.22's own model classes.
+
+Two `AsyncLLM` engines, each with an engine-core process of its own: the ASR model generates;
+the aligner runs as a pooling model (token classification with STEP pooling at `<timestamp>`,
+so only those rows come back: ALL pooling would ship ~109 MB of float32 per chunk). Every chunk
+is one request, and the requests of all running jobs join the batch the engine is running at
+its next step (continuous batching): no job waits for another job's call to end, and no
+gathering delay is added. One event-loop thread owns both engines; job threads call
+`transcribe` and `align` and wait for their own requests. Stopping a job (RunPod's cancel,
+SIGTERM) aborts its requests; a dead engine fails every later call (the worker is replaced).
+
+qwen-asr supplies the text side that vLLM lacks: output parsing, and the aligner's word
+splitting (nagisa for Japanese, soynlp for Korean) and timestamp repair. Its transformers model
+code is never loaded here, and its own vLLM model class (for vLLM 0.14) never replaces vLLM's:
+`check_native_classes` proves it at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import itertools
+import json
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
+
+import numpy as np
+
+from .config import MAX_CHUNK_AUDIO_TOKENS, Settings
+from .decode import SAMPLE_RATE
+from .engine import (AlignedToken, AsrOutput, EngineError, is_fatal_gpu_error, padded,
+                     read_asr_output)
+from .languages import ALIGNER_LANGUAGES
+from .lifecycle import wait_in_job
+from .model_files import StartupError
+from .prompts import ContextFitter, asr_prompt
+from .timestamps import word_spans
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ASR_ARCHITECTURE = "Qwen3ASRForConditionalGeneration"
+ALIGNER_ARCHITECTURE = "Qwen3ASRForcedAlignerForTokenClassification"
+WARM_UP_SECONDS = MAX_CHUNK_AUDIO_TOKENS / 13  # the longest chunk: 300 s
+WARM_UP_WORDS = 700  # a long aligner prompt (~270 s of speech)
+# Threads that run vLLM's input processing (audio features, tokens, placeholders): one 270 s
+# chunk costs ~0.15 s of CPU, which on the engines' event loop would hold back every request.
+FRONT_END_THREADS = min(8, os.cpu_count() or 1)
+
+
+def asr_engine_args(settings: Settings, model: str) -> dict[str, Any]:
+    """`AsyncEngineArgs` of the ASR engine."""
+    return {
+        "model": model,
+        "dtype": settings.dtype,
+        "gpu_memory_utilization": settings.vllm_gpu_memory_utilization,
+        "max_model_len": settings.vllm_max_model_len,
+        # Also the encoder cache: one 300 s chunk is 3900 audio tokens (checked at start-up).
+        "max_num_batched_tokens": settings.vllm_max_num_batched_tokens,
+        "max_num_seqs": settings.vllm_max_num_seqs,
+        "enforce_eager": settings.vllm_enforce_eager,
+        "limit_mm_per_prompt": {"audio": 1},
+        # Audio never repeats: caching or prefix-hashing it only costs CPU and memory.
+        "mm_processor_cache_gb": 0,
+        "enable_prefix_caching": False,
+        "disable_log_stats": True,
+    }
+
+
+def aligner_engine_args(settings: Settings, model: str, timestamp_token_id: int) -> dict[str, Any]:
+    """`AsyncEngineArgs` of the aligner: a pooling model returning the `<timestamp>` rows."""
+    from vllm.config import PoolerConfig
+
+    return {
+        "model": model,
+        "runner": "pooling",
+        "hf_overrides": {"architectures": [ALIGNER_ARCHITECTURE]},
+        "pooler_config": PoolerConfig(tok_pooling_type="STEP", step_tag_id=timestamp_token_id),
+        "dtype": settings.dtype,
+        "gpu_memory_utilization": settings.vllm_aligner_gpu_memory_utilization,
+        "max_model_len": settings.vllm_aligner_max_model_len,
+        # A whole prompt in one step: the pooled rows come from one pass over it.
+        "max_num_batched_tokens": settings.vllm_aligner_max_model_len,
+        "max_num_seqs": settings.vllm_aligner_max_num_seqs,
+        "enforce_eager": settings.vllm_aligner_enforce_eager,
+        "limit_mm_per_prompt": {"audio": 1},
+        "mm_processor_cache_gb": 0,
+        "enable_prefix_caching": False,
+        "disable_log_stats": True,
+    }
+
+
+class AlignerConfig:
+    """What the aligner directory's config.json says about its output."""
+
+    def __init__(self, model_dir: str):
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        self.timestamp_token_id = int(config["timestamp_token_id"])
+        self.segment_ms = float(config["timestamp_segment_time"])
+        declared = {str(x).lower() for x in config.get("support_languages") or ()}
+        # An aligner that declares none gets the known 11 (as qwen-asr's own wrapper does).
+        self.languages = (frozenset(n for n in ALIGNER_LANGUAGES if n.lower() in declared)
+                          if declared else ALIGNER_LANGUAGES)
+
+
+def native_class_module(architecture: str) -> str:
+    """The module vLLM's model registry resolves `architecture` to, without importing it."""
+    from vllm import ModelRegistry
+
+    entry = ModelRegistry.models[architecture]
+    module = getattr(entry, "module_name", None)  # registered lazily by vLLM itself
+    if module is None:  # registered as a class, by a plugin or a package such as qwen-asr
+        module = entry.model_cls.__module__
+    return module
+
+
+def check_native_classes() -> None:
+    """qwen-asr tries to register its own vLLM model class when imported (made for vLLM 0.14;
+    on 0.22 the attempt fails silently). Refuse to start if it ever succeeds."""
+    for arch in (ASR_ARCHITECTURE, ALIGNER_ARCHITECTURE):
+        module = native_class_module(arch)
+        if not module.startswith("vllm.model_executor.models."):
+            raise StartupError(f"vLLM resolves {arch} to {module}, not to its own class; "
+                               "a package replaced it (qwen-asr's vLLM backend?)")
+
+
+class _LoopThread:
+    """An asyncio loop in a thread of its own: AsyncLLM lives in one event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> "Future[T]":
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+async def _all(awaitables: list[Awaitable[T]]) -> list[T]:
+    """Like gather, but a failure or a cancellation cancels (and so aborts) all the others."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class VllmEngine:
+    """The `Engine` over two AsyncLLM engines. Thread-safe: jobs call it directly."""
+
+    backend = "vllm"
+    batches_itself = True
+
+    def __init__(self, asr: Any, aligner: Any, *, tokenizer: Any, aligner_config: AlignerConfig,
+                 asr_model: str, aligner_model: str, max_new_tokens: int,
+                 max_context_tokens: int, loop: _LoopThread | None = None):
+        from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
+
+        self._asr = asr
+        self._aligner = aligner
+        self._loop = loop or _LoopThread()
+        self._front_end = ThreadPoolExecutor(FRONT_END_THREADS, thread_name_prefix="vllm-input")
+        self._preprocessors = threading.local()  # per front-end thread: its own HF processors
+        self._tokenizer = tokenizer
+        self._local = threading.local()  # a tokenizer copy per job thread, for decoding
+        self._contexts = ContextFitter(tokenizer, max_context_tokens)
+        self._aligner_text = Qwen3ForceAlignProcessor()
+        self._aligner_text_lock = threading.Lock()  # nagisa and soynlp keep state
+        self._config = aligner_config
+        self._ids = itertools.count()
+        self._fatal: BaseException | None = None
+        self.asr_model = asr_model
+        self.aligner_model = aligner_model
+        self.aligner_languages = aligner_config.languages
+        self.max_new_tokens = max_new_tokens
+        # Benchmarks only: SamplingParams fields per chunk (samples -> fields), e.g. a fixed
+        # output length for random weights. A length reached then is not a MAX_NEW_TOKENS cut.
+        self.sampling_overrides: Callable[[int], dict[str, Any]] | None = None
+
+    # -- the Engine interface (job threads) ----------------------------------------------
+
+    def fit_context(self, context: str) -> tuple[str, list[str]]:
+        return self._contexts.fit(context)
+
+    def transcribe(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
+                   contexts: Sequence[str]) -> list[AsrOutput]:
+        """One request per chunk; languages and contexts are per chunk."""
+        if isinstance(contexts, str) or len(contexts) != len(chunks):
+            raise TypeError("contexts must be a list with one context per chunk")
+        requests = [({"prompt": asr_prompt(ctx, lang), "multi_modal_data": {"audio": padded(c)}},
+                     self._sampling(c.shape[0]))
+                    for c, lang, ctx in zip(chunks, languages, contexts)]
+        finals = self._run(_all([self._generate(p, sp) for p, sp in requests]))
+        return [self._read(final, lang) for final, lang in zip(finals, languages)]
+
+    def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
+              languages: Sequence[str]) -> list[list[AlignedToken]]:
+        """One pooling request per chunk with words; times in chunk seconds."""
+        with self._aligner_text_lock:
+            encoded = [self._aligner_text.encode_timestamp(t, lang)
+                       for t, lang in zip(texts, languages)]
+        todo = [i for i, (words, _) in enumerate(encoded) if words]
+        rows = self._run(_all([
+            self._encode({"prompt": encoded[i][1], "multi_modal_data": {"audio": padded(chunks[i])}})
+            for i in todo]))
+        out: list[list[AlignedToken]] = [[] for _ in chunks]
+        for i, pooled in zip(todo, rows):
+            out[i] = self._timestamps(encoded[i][0], pooled)
+        return out
+
+    # -- start-up and shutdown (main thread) -----------------------------------------------
+
+    def warm_up(self) -> None:
+        """A full-length chunk through both models: the first call on new shapes compiles
+        kernels (3-4 s on an H200), which must not land on the first job."""
+        self._prepare_front_end()
+        rng = np.random.default_rng(0)
+        audio = rng.normal(0, 0.05, int(WARM_UP_SECONDS * SAMPLE_RATE)).astype(np.float32)
+        from vllm import SamplingParams
+
+        short = SamplingParams(temperature=0.0, max_tokens=8, detokenize=False)
+        self._run(self._generate({"prompt": asr_prompt("", None),
+                                  "multi_modal_data": {"audio": audio}}, short))
+        self.align([audio], [" ".join(["word"] * WARM_UP_WORDS)], ["English"])
+
+    def close(self) -> None:
+        """Stop both engine processes (they would otherwise outlive a worker that exits)."""
+        for engine in (self._asr, self._aligner):
+            try:
+                engine.shutdown()
+            except Exception:  # noqa: BLE001 - shutting down: nothing left to tell
+                log.debug("engine shutdown failed", exc_info=True)
+        self._front_end.shutdown(wait=False, cancel_futures=True)
+        self._loop.stop()
+
+    # -- requests (the loop thread) --------------------------------------------------------
+
+    def _sampling(self, samples: int) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        # Greedy, as qwen-asr decodes. Final output only and no detokenizing in the engine's
+        # front end: the text is decoded once, in the job's thread, from the token ids.
+        kwargs: dict[str, Any] = {"temperature": 0.0, "max_tokens": self.max_new_tokens,
+                                  "detokenize": False,
+                                  "output_kind": RequestOutputKind.FINAL_ONLY}
+        if self.sampling_overrides is not None:
+            kwargs.update(self.sampling_overrides(samples))
+        return SamplingParams(**kwargs)
+
+    def _preprocessor(self, which: str) -> Any:
+        """This front-end thread's own vLLM input preprocessor for one engine (its HF processor
+        and tokenizer are never shared between threads)."""
+        preprocessor = getattr(self._preprocessors, which, None)
+        if preprocessor is None:
+            from vllm.inputs.preprocess import InputPreprocessor
+
+            engine = self._asr if which == "asr" else self._aligner
+            preprocessor = InputPreprocessor(engine.vllm_config)
+            setattr(self._preprocessors, which, preprocessor)
+        return preprocessor
+
+    def _preprocess(self, which: str, prompt: dict[str, Any]) -> Any:
+        """vLLM's own input processing, in a front-end thread; the loop only admits the result."""
+        return self._preprocessor(which).preprocess(prompt)
+
+    def _prepare_front_end(self) -> None:
+        """Every front-end thread loads its preprocessors now, not on the first jobs."""
+        ready = threading.Barrier(FRONT_END_THREADS)
+
+        def load(_: int) -> None:
+            ready.wait(timeout=120)  # one task per thread: each waits for all to have one
+            for which in ("asr", "aligner"):
+                self._preprocessor(which)
+
+        list(self._front_end.map(load, range(FRONT_END_THREADS)))
+
+    async def _processed(self, which: str, prompt: dict[str, Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._front_end, self._preprocess, which, prompt)
+
+    async def _generate(self, prompt: dict[str, Any], params: Any) -> Any:
+        final = None
+        request = await self._processed("asr", prompt)
+        async for output in self._asr.generate(request, params, f"asr-{next(self._ids)}"):
+            final = output
+        if final is None or not final.finished:
+            raise EngineError("the ASR engine ended a request without its output")
+        return final
+
+    async def _encode(self, prompt: dict[str, Any]) -> Any:
+        from vllm import PoolingParams
+
+        final = None
+        params = PoolingParams(task="token_classify")
+        request = await self._processed("aligner", prompt)
+        async for output in self._aligner.encode(request, params, f"align-{next(self._ids)}"):
+            final = output
+        if final is None or not final.finished:
+            raise EngineError("the aligner engine ended a request without its output")
+        return final
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the engines' loop, waiting as the current job (stoppable)."""
+        if self._fatal is not None:
+            coro.close()
+            raise RuntimeError("the vLLM engine failed earlier with a fatal error") \
+                from self._fatal
+        try:
+            return wait_in_job(self._loop.submit(coro), "the job's vLLM requests were aborted")
+        except Exception as exc:
+            if is_fatal_gpu_error(exc) and self._fatal is None:
+                log.error("fatal engine error: failing this and every later job (%s)",
+                          type(exc).__name__)
+                self._fatal = exc
+            raise
+
+    # -- outputs (job threads) -------------------------------------------------------------
+
+    def _decode(self, token_ids: list[int]) -> str:
+        tokenizer = getattr(self._local, "tokenizer", None)
+        if tokenizer is None:  # a Rust tokenizer must not be shared between threads
+            import copy
+
+            tokenizer = self._local.tokenizer = copy.deepcopy(self._tokenizer)
+        return tokenizer.decode(token_ids, skip_special_tokens=True,
+                                clean_up_tokenization_spaces=False)
+
+    def _read(self, final: Any, forced: str | None) -> AsrOutput:
+        completion = final.outputs[0]
+        if completion.finish_reason not in ("stop", "length"):
+            raise EngineError(f"the ASR engine ended a chunk with {completion.finish_reason!r}")
+        token_ids = list(completion.token_ids)
+        cut = completion.finish_reason == "length" and self.sampling_overrides is None
+        return read_asr_output(self._decode(token_ids), forced, len(token_ids), cut)
+
+    def _timestamps(self, words: list[str], pooled: Any) -> list[AlignedToken]:
+        """The class (argmax) at each `<timestamp>` row x segment time, repaired as qwen-asr
+        repairs it (timestamps.repair)."""
+        classes = pooled.outputs.data.argmax(-1).tolist()
+        try:
+            spans = word_spans(words, classes, self._config.segment_ms)
+        except ValueError as exc:
+            raise EngineError(f"the aligner's output does not fit the words: {exc}") from None
+        return [AlignedToken(*span) for span in spans]
+
+
+def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> VllmEngine:
+    """Start both engines (sequentially: each sizes its KV cache from the memory it finds
+    free), check the model classes, warm up. Call only under `if __name__ == "__main__"`:
+    the engine processes are spawned."""
+    # Spawn: nothing this process holds (threads, locks, the event loop) leaks into the
+    # engine processes, and CUDA is never initialised here (PYTORCH_NVML_BASED_CUDA_CHECK).
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    from transformers import AutoTokenizer
+    from vllm import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    aligner_config = AlignerConfig(aligner_path)
+    asr = AsyncLLM.from_engine_args(AsyncEngineArgs(**asr_engine_args(settings, asr_path)))
+    try:
+        aligner = AsyncLLM.from_engine_args(AsyncEngineArgs(
+            **aligner_engine_args(settings, aligner_path, aligner_config.timestamp_token_id)))
+    except BaseException:
+        asr.shutdown()
+        raise
+    engine = VllmEngine(asr, aligner, tokenizer=AutoTokenizer.from_pretrained(asr_path),
+                        aligner_config=aligner_config, asr_model=settings.asr_model,
+                        aligner_model=settings.aligner_model,
+                        max_new_tokens=settings.max_new_tokens,
+                        max_context_tokens=settings.max_context_tokens)
+    atexit.register(engine.close)
+    check_native_classes()  # after qwen-asr's import (VllmEngine's) had its chance
+    engine.warm_up()
+    log.info("loaded %s and %s on vLLM (AsyncLLM, ASR memory %.2f, aligner %.2f)",
+             settings.asr_model, settings.aligner_model, settings.vllm_gpu_memory_utilization,
+             settings.vllm_aligner_gpu_memory_utilization)
+    return engine
