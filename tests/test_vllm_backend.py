@@ -1,193 +1,340 @@
-"""The vLLM path, through a stand-in `vllm` module (tests/stand_ins/vllm): vllm 0.14.0 needs a
-GPU. The real qwen-asr `Qwen3ASRModel.LLM` code drives it; we check that our settings reach
-`vllm.LLM`, that its outputs are read back correctly, and that the stand-in refuses what the
-real vllm 0.14.0 refuses (unknown arguments, a second audio, prompts over max_model_len)."""
+"""The GPU engine (VllmEngine over vLLM 0.22's AsyncLLM) through a STAND-IN `vllm` package
+(tests/stand_ins/vllm): the real vLLM needs a GPU to run a model. The stand-in is as strict as
+vllm 0.22.0 where the worker touches it (argument names, input checks and their error texts,
+output shapes); tests/test_real_vllm.py checks the real package on CPU up to input processing
+and that the stand-in's recorded surface is the real one. The real qwen-asr code (prompt,
+parsing, aligner word splitting) and the generated tiny models are used throughout."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import media
-from models import settings_for
-from qwen_worker.config import load_settings
-from qwen_worker.engine import load_engine, vllm_kwargs
+from models import ENGLISH, engine_for, settings_for
+from qwen_worker.config import ConfigError, load_settings
+from qwen_worker.engine import EngineError, is_fatal_gpu_error, load_engine
+from qwen_worker.lifecycle import LIFETIME, JobCancelled, JobScope
+from qwen_worker.model_files import StartupError
 from qwen_worker.pipeline import Options, transcribe_samples
+from qwen_worker.prompts import asr_prompt
 
 STAND_INS = str(Path(__file__).parent / "stand_ins")
+SECOND = 16000
 
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
+    """The stand-in as `vllm`; the real package (importable in CI) is put back afterwards."""
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(STAND_INS)
-    monkeypatch.delitem(sys.modules, "vllm", raising=False)
     import vllm
 
-    vllm.CREATED.clear()
-    return vllm
+    assert vllm.__file__.startswith(STAND_INS)
+    monkeypatch.setattr(vllm, "CREATED", [])
+    monkeypatch.setattr(vllm, "ACTIVE", set())
+    yield vllm
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
 
 
-def test_settings_reach_vllm_and_outputs_are_parsed(fake_vllm, model_dirs):
-    settings = settings_for(model_dirs["english"], model_dirs["aligner"], ASR_BACKEND="vllm",
-                            VLLM_GPU_MEMORY_UTILIZATION="0.55", VLLM_MAX_MODEL_LEN="12288",
-                            VLLM_MAX_NUM_SEQS="48", MAX_NEW_TOKENS="1500")
-    engine = load_engine(settings)
-    (llm,) = fake_vllm.CREATED
-    assert llm.model == str(model_dirs["english"])
-    assert llm.kwargs == vllm_kwargs(settings)
-    assert llm.kwargs["gpu_memory_utilization"] == 0.55 and llm.kwargs["max_model_len"] == 12288
-    assert llm.kwargs["max_num_seqs"] == 48 and llm.kwargs["limit_mm_per_prompt"] == {"audio": 1}
-    assert engine.backend == "vllm"
-
-    audio = media.samples_with_gaps(100.0, [40.0])
-    t = transcribe_samples(audio, Options(chunk_seconds=40, context="RunPod"), engine)
-    (batch,) = llm.calls  # every chunk in one generate call
-    assert len(batch) == len(t.chunks) >= 2
-    assert llm.sampling_params.kwargs == {"temperature": 0.0, "max_tokens": 1500}
-    for prompt, chunk in zip(batch, t.chunks):
-        (wav,) = prompt["multi_modal_data"]["audio"]
-        assert wav.shape[0] == round((chunk.end - chunk.start) * 16000)
-        assert "RunPod" in prompt["prompt"]
-    start = round(t.chunks[1].start * 16000)
-    np.testing.assert_array_equal(batch[1]["multi_modal_data"]["audio"][0][:100], audio[start:start + 100])
-    assert t.text == " ".join(["Hello from the stand-in."] * len(t.chunks))
-    assert t.language == "English"
-    assert [w.word for w in t.words[:4]] == ["Hello", "from", "the", "stand-in."]
-
-
-def test_forced_language_goes_into_the_vllm_prompt(fake_vllm, model_dirs):
-    fake_vllm.SCRIPT = "Bonjour."
-    try:
-        engine = load_engine(settings_for(model_dirs["english"], model_dirs["aligner"],
-                                          ASR_BACKEND="vllm"))
-        t = transcribe_samples(media.samples_with_gaps(10.0, []), Options(language="French"), engine)
-    finally:
-        fake_vllm.SCRIPT = "language English<asr_text>Hello from the stand-in."
-    (prompt,) = fake_vllm.CREATED[0].calls[0]
-    assert prompt["prompt"].endswith("language French<asr_text>")
-    assert t.language == "French" and t.text == "Bonjour."
-
-
-SECOND = 16000  # samples
-
-
-def _vllm_settings(model_dirs, **env):
+def _settings(model_dirs, **env):
     return settings_for(model_dirs["english"], model_dirs["aligner"], ASR_BACKEND="vllm", **env)
 
 
-def _asr_request(engine, llm, seconds: float, language: str | None = None) -> dict:
-    """The request qwen-asr really builds for one chunk of silence of this length."""
-    engine.transcribe([np.zeros(int(seconds * SECOND), np.float32)], [language], [""])
-    (request,) = llm.calls[-1]
-    return request
+def _engines(vllm):
+    asr, aligner = vllm.CREATED
+    return asr, aligner
+
+
+def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, model_dirs):
+    from qwen_worker.vllm_engine import ALIGNER_ARCHITECTURE, aligner_engine_args, asr_engine_args
+
+    settings = _settings(model_dirs, VLLM_MAX_NUM_SEQS="48", MAX_NEW_TOKENS="1500")
+    engine = load_engine(settings)
+    asr, aligner = _engines(fake_vllm)
+    assert engine.backend == "vllm" and engine.batches_itself
+    assert asr.args == asr_engine_args(settings, str(model_dirs["english"]))
+    assert asr.args["max_num_batched_tokens"] >= 3900 and asr.args["max_num_seqs"] == 48
+    assert asr.args["limit_mm_per_prompt"] == {"audio": 1}
+    assert aligner.args["runner"] == "pooling"
+    assert aligner.args["hf_overrides"] == {"architectures": [ALIGNER_ARCHITECTURE]}
+    assert aligner.args["pooler_config"].tok_pooling_type == "STEP"
+    ts_id = aligner.tokenizer.convert_tokens_to_ids("<timestamp>")
+    assert aligner.args["pooler_config"].step_tag_id == ts_id
+    assert {k: v for k, v in aligner.args.items() if k != "pooler_config"} == {
+        k: v for k, v in aligner_engine_args(settings, str(model_dirs["aligner"]), ts_id).items()
+        if k != "pooler_config"}
+    # The warm-up ran a full-length (300 s) chunk through both models before any job.
+    (warm_asr,) = asr.requests
+    (warm_align,) = aligner.requests
+    for request in (warm_asr, warm_align):
+        (audio,) = request["prompt"]["multi_modal_data"].values()
+        assert audio.shape == (300 * SECOND,)
+    assert fake_vllm.ACTIVE == set()
+    engine.close()
+    assert asr.closed and aligner.closed
+
+
+def test_each_chunk_is_one_request_with_qwen_asrs_prompt(fake_vllm, model_dirs):
+    settings = _settings(model_dirs, MAX_NEW_TOKENS="1500")
+    engine = load_engine(settings)
+    asr, aligner = _engines(fake_vllm)
+    audio = media.samples_with_gaps(100.0, [40.0])
+    t = transcribe_samples(audio, Options(chunk_seconds=40, context="RunPod", language="English"),
+                           engine)
+    requests = asr.requests[1:]  # after the warm-up
+    assert len(requests) == len(t.chunks) >= 2
+    reference = engine_for(model_dirs["english"], model_dirs["aligner"])._model
+    for request, chunk in zip(requests, t.chunks):
+        assert request["prompt"]["prompt"] == reference._build_text_prompt("RunPod", "English")
+        (wav,) = request["prompt"]["multi_modal_data"].values()
+        assert wav.shape == (round((chunk.end - chunk.start) * SECOND),)
+        params = request["params"]
+        assert params.kwargs["temperature"] == 0.0 and params.kwargs["max_tokens"] == 1500
+        assert params.kwargs["detokenize"] is False  # decoded once, from token_ids
+    start = round(t.chunks[1].start * SECOND)
+    np.testing.assert_array_equal(requests[1]["prompt"]["multi_modal_data"]["audio"][:100],
+                                  audio[start:start + 100])
+    assert t.text == " ".join(["Hello from the stand-in."] * len(t.chunks))
+    assert t.language == "English"
+    # Word times: the aligner's rows through argmax x 80 ms and the timestamp repair,
+    # shifted by each chunk's offset.
+    assert [w.word for w in t.words[:4]] == ["Hello", "from", "the", "stand-in."]
+    starts = [w.start for w in t.words]
+    assert starts == sorted(starts) and t.words[-1].end <= t.duration
+    assert t.words[4].start >= t.chunks[1].start
+    assert len(aligner.requests) == 1 + len(t.chunks)
+    assert fake_vllm.ACTIVE == set()
+
+
+@pytest.mark.parametrize("language,suffix", [(None, "assistant\n"),
+                                             ("French", "language French<asr_text>")])
+def test_detected_and_forced_language_prompts(fake_vllm, model_dirs, language, suffix):
+    engine = load_engine(_settings(model_dirs))
+    if language:
+        fake_vllm.SCRIPT = "Bonjour."
+    try:
+        (out,) = engine.transcribe([np.zeros(5 * SECOND, np.float32)], [language], [""])
+    finally:
+        fake_vllm.SCRIPT = "language English<asr_text>Hello from the stand-in."
+    prompt = _engines(fake_vllm)[0].requests[-1]["prompt"]["prompt"]
+    assert prompt.endswith(suffix) and prompt == asr_prompt("", language)
+    assert (out.language, out.text) == (("French", "Bonjour.") if language else
+                                        ("English", "Hello from the stand-in."))
+
+
+def test_token_count_and_limit_come_from_the_engines_output(fake_vllm, model_dirs):
+    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="256"))
+    tokenizer = _engines(fake_vllm)[0].tokenizer
+    script = tokenizer("language English<asr_text>Hello from the stand-in.",
+                       add_special_tokens=False)["input_ids"]
+    (out,) = engine.transcribe([np.zeros(5 * SECOND, np.float32)], [None], [""])
+    assert out.output_tokens == len(script) + 1 and not out.hit_token_limit  # + EOS
+    fake_vllm.CREATED.clear()
+    limited = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="4"))
+    (cut,) = limited.transcribe([np.zeros(5 * SECOND, np.float32)], [None], [""])
+    assert cut.output_tokens == 4 and cut.hit_token_limit  # finish_reason "length"
+
+
+def test_a_second_audio_and_short_audio_are_refused_as_vllm_refuses(fake_vllm, model_dirs):
+    load_engine(_settings(model_dirs))
+    asr, _ = _engines(fake_vllm)
+    import asyncio
+
+    async def run(prompt):
+        async for _ in asr.generate(prompt, fake_vllm.SamplingParams(max_tokens=4), "x"):
+            pass
+
+    one = np.zeros(SECOND, np.float32)
+    two = {"prompt": asr_prompt("", None), "multi_modal_data": {"audio": [one, one]}}
+    with pytest.raises(ValueError, match=r"At most 1 audio\(s\) may be provided in one prompt"):
+        asyncio.run(run(two))
+    tiny = {"prompt": asr_prompt("", None), "multi_modal_data": {"audio": one[:160]}}
+    with pytest.raises(ValueError, match="Failed to apply Qwen3ASRProcessor"):
+        asyncio.run(run(tiny))
+    # The worker pads short chunks itself, so a 5 ms chunk is still transcribed.
+    engine = load_engine(_settings(model_dirs))
+    assert engine.transcribe([one[:80]], [None], [""])[0].text
+
+
+def test_settings_that_cannot_hold_a_chunk_are_refused_at_start_up(fake_vllm, model_dirs):
+    with pytest.raises(ConfigError, match=r"VLLM_MAX_NUM_BATCHED_TOKENS=3899 is too small.*3900"):
+        _settings(model_dirs, VLLM_MAX_NUM_BATCHED_TOKENS="3899")
+    # 300 s of audio (3900) + template (64) + 3 x MAX_NEW_TOKENS (256) = 4732
+    with pytest.raises(ConfigError, match="VLLM_ALIGNER_MAX_MODEL_LEN=4731 is too small.* 4732"):
+        _settings(model_dirs, VLLM_ALIGNER_MAX_MODEL_LEN="4731")
+    _settings(model_dirs, VLLM_ALIGNER_MAX_MODEL_LEN="4732")
+    with pytest.raises(ConfigError, match="together may take at most 0.95"):
+        _settings(model_dirs, VLLM_GPU_MEMORY_UTILIZATION="0.7",
+                  VLLM_ALIGNER_GPU_MEMORY_UTILIZATION="0.3")
+    # What the check protects against: vLLM itself refuses a 300 s chunk past the encoder
+    # budget (AsyncLLM's own default is 2048), with an error that names the wrong setting.
+    settings = dataclasses.replace(_settings(model_dirs), vllm_max_num_batched_tokens=3899)
+    with pytest.raises(ValueError, match="exceeds the pre-allocated encoder cache size 3899"):
+        load_engine(settings)  # the 300 s warm-up chunk: start-up fails, no job does
+    fine = load_engine(dataclasses.replace(settings, vllm_max_num_batched_tokens=3900))
+    assert fine.transcribe([np.zeros(300 * SECOND, np.float32)], [None], [""])[0].text
+
+
+def test_a_prompt_over_max_model_len_fails_only_that_job(fake_vllm, model_dirs):
+    settings = dataclasses.replace(_settings(model_dirs, MAX_CONTEXT_TOKENS="4000",
+                                             VLLM_MAX_MODEL_LEN="12288"),
+                                   vllm_max_model_len=4200)  # past the start-up check
+    engine = load_engine(settings)
+    long_context = "word " * 3000
+    with pytest.raises(ValueError, match=r"The decoder prompt \(length \d+\) is longer than the "
+                                         r"maximum model length of 4200"):
+        engine.transcribe([np.zeros(30 * SECOND, np.float32)], [None], [long_context])
+    assert not is_fatal_gpu_error(ValueError("x"))
+    assert engine.transcribe([np.zeros(30 * SECOND, np.float32)], [None], [""])[0].text
+    assert fake_vllm.ACTIVE == set()
+
+
+def test_a_stopped_job_aborts_its_requests(fake_vllm, model_dirs, monkeypatch):
+    engine = load_engine(_settings(model_dirs))
+    asr, _ = _engines(fake_vllm)
+    monkeypatch.setattr(fake_vllm, "STEP_SECONDS", 0.05)  # ~0.6 s per request
+    scope = JobScope("stopped")
+    outcome: dict = {}
+
+    def job():
+        try:
+            with LIFETIME.job(scope):
+                engine.transcribe([np.zeros(30 * SECOND, np.float32)] * 3, [None] * 3, [""] * 3)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome["raised"] = exc
+            outcome["at"] = time.monotonic()
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(fake_vllm.ACTIVE) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(fake_vllm.ACTIVE) == 3  # all three chunks run at once
+    stopped = time.monotonic()
+    scope.stop(JobCancelled)
+    thread.join(5)
+    assert isinstance(outcome.get("raised"), JobCancelled)
+    assert outcome["at"] - stopped < 0.5
+    deadline = time.monotonic() + 2
+    while fake_vllm.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake_vllm.ACTIVE == set()  # nothing of the job is left in the engine
+    job_ids = [r["request_id"] for r in asr.requests[-3:]]
+    assert sorted(asr.aborted) == sorted(job_ids)
+    # The engine serves the next job.
+    monkeypatch.setattr(fake_vllm, "STEP_SECONDS", 0.0)
+    assert engine.transcribe([np.zeros(SECOND, np.float32)], [None], [""])[0].text
+
+
+def test_a_job_joins_the_running_batch_instead_of_waiting(fake_vllm, model_dirs, monkeypatch):
+    """No gathering delay, no waiting for another job's call: a short job sent while a long
+    file's chunks run finishes first (continuous batching; the stand-in runs each request
+    for STEP_SECONDS per token)."""
+    engine = load_engine(_settings(model_dirs))
+    monkeypatch.setattr(fake_vllm, "SCRIPT", lambda seconds: "language English<asr_text>"
+                        + " word" * max(1, int(seconds * 2)))
+    monkeypatch.setattr(fake_vllm, "STEP_SECONDS", 0.01)
+    finished: dict[str, float] = {}
+
+    def run(name, chunks):
+        engine.transcribe(chunks, [None] * len(chunks), [""] * len(chunks))
+        finished[name] = time.monotonic()
+
+    t_long = time.monotonic()
+    long_file = threading.Thread(target=run, args=("long", [np.zeros(270 * SECOND, np.float32)] * 4))
+    long_file.start()
+    time.sleep(0.2)
+    t_short = time.monotonic()
+    run("short", [np.zeros(10 * SECOND, np.float32)])  # ~20 tokens against ~540 a chunk
+    long_file.join(60)
+    assert finished["short"] < finished["long"]
+    assert finished["short"] - t_short < (finished["long"] - t_long) / 3
+
+
+def test_a_dead_engine_fails_this_and_later_jobs_with_refresh(fake_vllm, model_dirs, jobs_dir,
+                                                            monkeypatch):
+    from qwen_worker.worker import Worker
+
+    settings = _settings(model_dirs, WORK_DIR=str(jobs_dir))
+    engine = load_engine(settings)
+    worker = Worker(settings, engine)
+    assert worker.scheduler is None  # vLLM batches the jobs itself
+    wav = media.make_audio(jobs_dir / "clip.wav", 4.0, rate=16000).read_bytes()
+    job = {"id": "j", "input": {"audio_base64": base64.b64encode(wav).decode()}}
+    assert "error_code" not in worker.handle(job)
+    monkeypatch.setattr(fake_vllm, "KILL", True)
+    out = worker.handle(job)
+    assert out["error_code"] == "ENGINE_ERROR" and out["refresh_worker"] is True
+    monkeypatch.setattr(fake_vllm, "KILL", False)
+    asr, _ = _engines(fake_vllm)
+    seen = len(asr.requests)
+    later = worker.handle(job)  # failed fast: never reaches the dead engine
+    assert later["error_code"] == "ENGINE_ERROR" and later["refresh_worker"] is True
+    assert len(asr.requests) == seen
+
+
+def test_aligner_output_that_does_not_fit_the_words_is_an_engine_error(fake_vllm, model_dirs,
+                                                                      monkeypatch):
+    engine = load_engine(_settings(model_dirs))
+    _, aligner = _engines(fake_vllm)
+    real_rows = aligner._rows
+    monkeypatch.setattr(aligner, "_rows", lambda ids, samples: real_rows(ids, samples)[:-1])
+    with pytest.raises(EngineError, match="3 timestamps for 2 words"):
+        engine.align([np.zeros(5 * SECOND, np.float32)], ["Hello world"], ["English"])
+
+
+def test_vllms_own_classes_are_required(fake_vllm, model_dirs):
+    from qwen_worker.vllm_engine import ASR_ARCHITECTURE, check_native_classes
+
+    check_native_classes()
+
+    class Qwen3ASRForConditionalGeneration:  # what qwen-asr's vLLM backend registers
+        __module__ = "qwen_asr.core.vllm_backend.qwen3_asr"
+
+    class Registered:
+        model_cls = Qwen3ASRForConditionalGeneration
+
+    fake_vllm.ModelRegistry.models[ASR_ARCHITECTURE] = Registered()
+    with pytest.raises(StartupError, match="qwen_asr.core.vllm_backend"):
+        check_native_classes()
 
 
 def test_unknown_arguments_are_type_errors_as_in_vllm(fake_vllm, model_dirs, monkeypatch):
-    model = str(model_dirs["english"])
-    # max_new_tokens is qwen-asr's name; vLLM's is SamplingParams(max_tokens=...)
-    with pytest.raises(TypeError, match=r"EngineArgs.__init__\(\) got an unexpected keyword "
+    with pytest.raises(TypeError, match=r"AsyncEngineArgs.__init__\(\) got an unexpected keyword "
                                         r"argument 'max_new_tokens'"):
-        fake_vllm.LLM(model=model, max_new_tokens=512)
+        fake_vllm.AsyncEngineArgs(model="x", max_new_tokens=512)
     with pytest.raises(TypeError, match="Unexpected keyword argument 'max_new_tokens'"):
         fake_vllm.SamplingParams(temperature=0.0, max_new_tokens=512)
-    with pytest.raises(ValueError, match="max_tokens must be at least 1"):
-        fake_vllm.SamplingParams(max_tokens=0)
+    import qwen_worker.vllm_engine as vllm_engine
 
-    # ... and through the worker's own load path, if its arguments ever held a stray name
-    import qwen_worker.engine as engine_module
-
-    real = engine_module.vllm_kwargs
-    monkeypatch.setattr(engine_module, "vllm_kwargs", lambda s: {**real(s), "max_audio_seconds": 60})
+    real = vllm_engine.asr_engine_args
+    monkeypatch.setattr(vllm_engine, "asr_engine_args",
+                        lambda s, m: {**real(s, m), "max_audio_seconds": 60})
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_audio_seconds'"):
-        load_engine(_vllm_settings(model_dirs))
-    assert fake_vllm.CREATED == []
-
-
-def test_the_workers_vllm_arguments_are_real_vllm_arguments(fake_vllm, model_dirs):
-    assert len(fake_vllm.LLM_ARGUMENTS) == 159 and "max_new_tokens" not in fake_vllm.LLM_ARGUMENTS
-    settings = _vllm_settings(model_dirs)
-    assert set(vllm_kwargs(settings)) <= fake_vllm.LLM_ARGUMENTS
-    llm = fake_vllm.LLM(str(model_dirs["english"]), **vllm_kwargs(settings))
-    assert llm.max_model_len == settings.vllm_max_model_len
-
-
-def test_a_second_audio_in_one_prompt_is_rejected(fake_vllm, model_dirs):
-    engine = load_engine(_vllm_settings(model_dirs))
-    (llm,) = fake_vllm.CREATED
-    request = _asr_request(engine, llm, 1.0)
-    one = np.zeros(SECOND, np.float32)
-    assert llm.generate([request], llm.sampling_params, use_tqdm=False)[0].finished
-    two = {"prompt": request["prompt"], "multi_modal_data": {"audio": [one, one]}}
-    with pytest.raises(ValueError, match=r"At most 1 audio\(s\) may be provided in one prompt"):
-        llm.generate([request, two], llm.sampling_params, use_tqdm=False)
-
-
-def test_prompt_tokens_count_audio_as_vllm_does(fake_vllm, model_dirs):
-    engine = load_engine(_vllm_settings(model_dirs))
-    (llm,) = fake_vllm.CREATED
-    tokenizer = engine._tokenizer
-    audio_id = tokenizer.convert_tokens_to_ids("<|audio_pad|>")
-    prompt = _asr_request(engine, llm, 1.0)["prompt"]
-    text_tokens = len(tokenizer(prompt)["input_ids"]) - 1  # the placeholder is replaced
-    # audio tokens as vllm 0.14.0 computed them for qwen-asr prompts (13 a second, ceil'd frames)
-    for samples, audio_tokens in [(SECOND, 13), (SECOND + 1, 14), (270 * SECOND, 3510),
-                                  (300 * SECOND, 3900)]:
-        request = {"prompt": prompt, "multi_modal_data": {"audio": [np.zeros(samples, np.float32)]}}
-        (out,) = llm.generate([request], llm.sampling_params, use_tqdm=False)
-        assert out.prompt_token_ids.count(audio_id) == audio_tokens
-        assert len(out.prompt_token_ids) == text_tokens + audio_tokens
-
-
-def test_a_prompt_over_max_model_len_is_a_value_error(fake_vllm, model_dirs):
-    settings = _vllm_settings(model_dirs)
-    engine = load_engine(settings)
-    request = _asr_request(engine, fake_vllm.CREATED[0], 300.0)  # the longest chunk
-    (out,) = fake_vllm.CREATED[0].generate([request], fake_vllm.CREATED[0].sampling_params)
-    length = len(out.prompt_token_ids)
-
-    exact = load_engine(dataclasses.replace(settings, vllm_max_model_len=length))
-    (fits,) = exact.transcribe([np.zeros(300 * SECOND, np.float32)], [None], [""])
-    assert fits.output_tokens >= 1  # no room left: vLLM still makes one token, then stops
-    short = load_engine(dataclasses.replace(settings, vllm_max_model_len=length - 1))
-    with pytest.raises(ValueError, match=rf"The decoder prompt \(length {length}\) is longer than "
-                                         rf"the maximum model length of {length - 1}\."):
-        short.transcribe([np.zeros(300 * SECOND, np.float32)], [None], [""])
-
-
-def test_outputs_carry_token_ids_and_finish_reason(fake_vllm, model_dirs):
-    engine = load_engine(_vllm_settings(model_dirs, MAX_NEW_TOKENS="256"))
-    (llm,) = fake_vllm.CREATED
-    tokenizer = engine._tokenizer
-    request = _asr_request(engine, llm, 5.0)
-
-    (out,) = llm.generate([request], llm.sampling_params, use_tqdm=False)
-    (done,) = out.outputs
-    assert done.finish_reason == "stop" and done.text == fake_vllm.SCRIPT
-    assert done.token_ids[-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(done.token_ids, skip_special_tokens=True) == fake_vllm.SCRIPT
-    assert out.prompt_token_ids and out.prompt == request["prompt"]
-
-    cut = fake_vllm.SamplingParams(temperature=0.0, max_tokens=4)
-    (out,) = llm.generate([request], cut, use_tqdm=False)
-    (part,) = out.outputs
-    assert part.finish_reason == "length" and len(part.token_ids) == 4
-    assert fake_vllm.SCRIPT.startswith(part.text) and part.text != fake_vllm.SCRIPT
-
-    # the worker sees a reply cut by MAX_NEW_TOKENS as one that hit the limit
-    assert not engine.transcribe([np.zeros(5 * SECOND, np.float32)], [None], [""])[0].hit_token_limit
-    fake_vllm.CREATED.clear()
-    limited = load_engine(_vllm_settings(model_dirs, MAX_NEW_TOKENS="4"))
-    (result,) = limited.transcribe([np.zeros(5 * SECOND, np.float32)], [None], [""])
-    assert result.hit_token_limit
-    assert fake_vllm.CREATED[0].sampling_params.kwargs["max_tokens"] == 4
+        load_engine(_settings(model_dirs))
 
 
 def test_default_backend_is_transformers_without_vllm_or_cuda():
     assert load_settings({}).backend == "transformers"
+    assert load_settings({"ASR_BACKEND": "vllm"}).dtype == "bfloat16"
+
+
+def test_transformers_engine_reads_the_same_words(model_dirs):
+    """The CPU backend stays whole: the tiny English model's text through the same parsing."""
+    engine = engine_for(model_dirs["english"], model_dirs["aligner"])
+    assert not engine.batches_itself
+    t = transcribe_samples(media.samples_with_gaps(6.0, []), Options(), engine)
+    assert t.text == ENGLISH
 
 
 def test_cuda_turns_off_cudnn_attention_and_cpu_leaves_it():

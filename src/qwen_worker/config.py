@@ -151,7 +151,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}")
     asr_batch_size = _int(env, "ASR_BATCH_SIZE", 32, 1, 1024)
     vllm_max_num_seqs = _int(env, "VLLM_MAX_NUM_SEQS", 64, 1, 1024)
-    dtype = env.get("ASR_DTYPE", "").strip().lower() or ("bfloat16" if device == "cuda" else "float32")
+    dtype = env.get("ASR_DTYPE", "").strip().lower() or (
+        "bfloat16" if device == "cuda" or backend == "vllm" else "float32")
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"ASR_DTYPE must be bfloat16, float16 or float32, got {dtype!r}")
     settings = Settings(
@@ -198,10 +199,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         work_dir=env.get("WORK_DIR", "").strip() or tempfile.gettempdir(),
         download_allow_loopback=_bool(env, "DOWNLOAD_ALLOW_LOOPBACK", False),
         log_level=log_level,
-        # 8 jobs on a GPU: their chunks share engine calls (up to 32 short clips in one
-        # transformers generate call); long files queue inside vLLM. Each job also holds its
-        # decoded audio in host memory (~230 MB per audio hour).
-        max_concurrency=_int(env, "MAX_CONCURRENCY", 8 if device == "cuda" else 2, 1, 256),
+        # 16 jobs on a GPU: on an H200 with a 24 GB card's memory split, 64 clips of 30 s cost
+        # 37.3 GPU s per audio hour one at a time, 12.4 at 16 jobs and 29.7 at 64 (vLLM's input
+        # processing in this process's event loop becomes the bottleneck; BENCHMARKS.md). Each
+        # job also holds its decoded audio in host memory (~230 MB per audio hour).
+        max_concurrency=_int(env, "MAX_CONCURRENCY", 16 if device == "cuda" else 2, 1, 256),
         scheduler_gather_s=_int(env, "SCHEDULER_GATHER_MS", 20, 0, 10000) / 1000.0,
         scheduler_max_chunks=_int(env, "SCHEDULER_MAX_CHUNKS", 0, 0, 4096) or (
             vllm_max_num_seqs if backend == "vllm" else asr_batch_size),

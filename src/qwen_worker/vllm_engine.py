@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 
@@ -48,9 +48,6 @@ ASR_ARCHITECTURE = "Qwen3ASRForConditionalGeneration"
 ALIGNER_ARCHITECTURE = "Qwen3ASRForcedAlignerForTokenClassification"
 WARM_UP_SECONDS = MAX_CHUNK_AUDIO_TOKENS / 13  # the longest chunk: 300 s
 WARM_UP_WORDS = 700  # a long aligner prompt (~270 s of speech)
-# Threads that run vLLM's input processing (audio features, tokens, placeholders): one 270 s
-# chunk costs ~0.15 s of CPU, which on the engines' event loop would hold back every request.
-FRONT_END_THREADS = min(8, os.cpu_count() or 1)
 
 
 def asr_engine_args(settings: Settings, model: str) -> dict[str, Any]:
@@ -171,8 +168,6 @@ class VllmEngine:
         self._asr = asr
         self._aligner = aligner
         self._loop = loop or _LoopThread()
-        self._front_end = ThreadPoolExecutor(FRONT_END_THREADS, thread_name_prefix="vllm-input")
-        self._preprocessors = threading.local()  # per front-end thread: its own HF processors
         self._tokenizer = tokenizer
         self._local = threading.local()  # a tokenizer copy per job thread, for decoding
         self._contexts = ContextFitter(tokenizer, max_context_tokens)
@@ -225,7 +220,6 @@ class VllmEngine:
     def warm_up(self) -> None:
         """A full-length chunk through both models: the first call on new shapes compiles
         kernels (3-4 s on an H200), which must not land on the first job."""
-        self._prepare_front_end()
         rng = np.random.default_rng(0)
         audio = rng.normal(0, 0.05, int(WARM_UP_SECONDS * SAMPLE_RATE)).astype(np.float32)
         from vllm import SamplingParams
@@ -242,7 +236,6 @@ class VllmEngine:
                 engine.shutdown()
             except Exception:  # noqa: BLE001 - shutting down: nothing left to tell
                 log.debug("engine shutdown failed", exc_info=True)
-        self._front_end.shutdown(wait=False, cancel_futures=True)
         self._loop.stop()
 
     # -- requests (the loop thread) --------------------------------------------------------
@@ -260,41 +253,9 @@ class VllmEngine:
             kwargs.update(self.sampling_overrides(samples))
         return SamplingParams(**kwargs)
 
-    def _preprocessor(self, which: str) -> Any:
-        """This front-end thread's own vLLM input preprocessor for one engine (its HF processor
-        and tokenizer are never shared between threads)."""
-        preprocessor = getattr(self._preprocessors, which, None)
-        if preprocessor is None:
-            from vllm.inputs.preprocess import InputPreprocessor
-
-            engine = self._asr if which == "asr" else self._aligner
-            preprocessor = InputPreprocessor(engine.vllm_config)
-            setattr(self._preprocessors, which, preprocessor)
-        return preprocessor
-
-    def _preprocess(self, which: str, prompt: dict[str, Any]) -> Any:
-        """vLLM's own input processing, in a front-end thread; the loop only admits the result."""
-        return self._preprocessor(which).preprocess(prompt)
-
-    def _prepare_front_end(self) -> None:
-        """Every front-end thread loads its preprocessors now, not on the first jobs."""
-        ready = threading.Barrier(FRONT_END_THREADS)
-
-        def load(_: int) -> None:
-            ready.wait(timeout=120)  # one task per thread: each waits for all to have one
-            for which in ("asr", "aligner"):
-                self._preprocessor(which)
-
-        list(self._front_end.map(load, range(FRONT_END_THREADS)))
-
-    async def _processed(self, which: str, prompt: dict[str, Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._front_end, self._preprocess, which, prompt)
-
     async def _generate(self, prompt: dict[str, Any], params: Any) -> Any:
         final = None
-        request = await self._processed("asr", prompt)
-        async for output in self._asr.generate(request, params, f"asr-{next(self._ids)}"):
+        async for output in self._asr.generate(prompt, params, f"asr-{next(self._ids)}"):
             final = output
         if final is None or not final.finished:
             raise EngineError("the ASR engine ended a request without its output")
@@ -305,8 +266,7 @@ class VllmEngine:
 
         final = None
         params = PoolingParams(task="token_classify")
-        request = await self._processed("aligner", prompt)
-        async for output in self._aligner.encode(request, params, f"align-{next(self._ids)}"):
+        async for output in self._aligner.encode(prompt, params, f"align-{next(self._ids)}"):
             final = output
         if final is None or not final.finished:
             raise EngineError("the aligner engine ended a request without its output")

@@ -41,13 +41,6 @@ def _audios(prompt: dict[str, Any]) -> list[np.ndarray]:
     return list(items) if isinstance(items, (list, tuple)) else [items]
 
 
-class _Config:
-    """What `vllm_config` carries here: the way back to the engine's own input checks."""
-
-    def __init__(self, engine: "AsyncLLM"):
-        self.engine = engine
-
-
 class AsyncLLM:
     def __init__(self, args: dict[str, Any]):
         from transformers import AutoTokenizer
@@ -80,8 +73,6 @@ class AsyncLLM:
         self.errored = False
         self.closed = False
         self._abort: set[str] = set()
-        self.preprocessed = 0  # prompts processed through InputPreprocessor (front-end threads)
-        self.vllm_config = _Config(self)
         CREATED.append(self)
 
     @classmethod
@@ -153,10 +144,7 @@ class AsyncLLM:
 
         if self.errored:
             raise EngineDeadError()
-        if "type" in prompt:  # processed by InputPreprocessor: admitted as it is
-            ids, samples = prompt["prompt_token_ids"], prompt["audio_samples"]
-        else:
-            ids, samples = self._process(prompt)
+        ids, samples = self._process(prompt)
         if request_id in ACTIVE:
             raise ValueError(f"Request id {request_id} already running.")
         self.requests.append({"request_id": request_id, "prompt": prompt, "params": params,
@@ -179,7 +167,7 @@ class AsyncLLM:
         ids, samples = self._admit(request_id, prompt, sampling_params)
         done = False
         try:
-            reply = self._reply(samples, sampling_params)
+            reply = self._reply(samples, sampling_params, prompt["prompt"])
             room = min(len(reply), sampling_params.max_tokens or len(reply),
                        max(1, self.max_model_len - len(ids)))
             made = await self._steps(request_id, room)
@@ -199,10 +187,14 @@ class AsyncLLM:
             # A cancelled or closed generator aborts its request, as the real one does.
             self._release(request_id, aborted=not done or request_id in self._abort)
 
-    def _reply(self, samples: int, params: Any) -> list[int]:
+    def _reply(self, samples: int, params: Any, prompt: str) -> list[int]:
+        """SCRIPT; after a forced language ("...language X<asr_text>") only its text part, as
+        the real model continues the prompt."""
         from ... import SCRIPT
 
         script = SCRIPT(samples / SAMPLE_RATE) if callable(SCRIPT) else SCRIPT
+        if prompt.endswith("<asr_text>"):
+            script = script.split("<asr_text>", 1)[-1]
         reply = self.tokenizer(script, add_special_tokens=False)["input_ids"]
         if params.ignore_eos:  # a fixed length: the script repeated
             want = params.max_tokens

@@ -1,0 +1,155 @@
+"""The real vllm 0.22.0 package, on CPU, up to input processing: run by tests/test_real_vllm.py
+in a process of its own (vLLM's CPU platform must be forced before anything else imports vllm).
+
+    python tests/real_vllm_checks.py ASR_DIR ALIGNER_DIR OUT.json
+
+Writes what it found as JSON; the test asserts on it. Nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+
+import vllm.platforms  # noqa: E402
+from vllm.platforms.cpu import CpuPlatform  # noqa: E402
+
+vllm.platforms._current_platform = CpuPlatform()
+
+import numpy as np  # noqa: E402
+
+SR = 16000
+
+
+def surface() -> dict:
+    from vllm import AsyncEngineArgs, PoolingParams, SamplingParams
+    from vllm.config import PoolerConfig
+    from vllm.sampling_params import RequestOutputKind
+
+    return {
+        "vllm": vllm.__version__,
+        "AsyncEngineArgs": sorted(f.name for f in dataclasses.fields(AsyncEngineArgs) if f.init),
+        "SamplingParams": list(SamplingParams.__struct_fields__),
+        "PoolingParams": list(PoolingParams.__struct_fields__),
+        "PoolerConfig": sorted(f.name for f in dataclasses.fields(PoolerConfig) if f.init),
+        "RequestOutputKind": [k.name for k in RequestOutputKind],
+    }
+
+
+def refusal(run) -> str | None:
+    try:
+        run()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def main() -> None:
+    asr_dir, aligner_dir, out_path = sys.argv[1:4]
+    import qwen_asr  # noqa: F401 - as in the worker: its vLLM class registration is attempted
+    from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
+    from transformers import AutoProcessor
+    from vllm import AsyncEngineArgs, PoolingParams
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    from qwen_worker.config import load_settings
+    from qwen_worker.prompts import asr_prompt
+    from qwen_worker.vllm_engine import (ALIGNER_ARCHITECTURE, ASR_ARCHITECTURE, AlignerConfig,
+                                         VllmEngine, aligner_engine_args, asr_engine_args,
+                                         check_native_classes, native_class_module)
+
+    found: dict = {"surface": surface()}
+    check_native_classes()
+    found["classes"] = {a: native_class_module(a) for a in (ASR_ARCHITECTURE, ALIGNER_ARCHITECTURE)}
+
+    settings = load_settings({"ASR_BACKEND": "vllm", "ASR_DEVICE": "cuda"})  # the defaults
+    asr_args = AsyncEngineArgs(**asr_engine_args(settings, asr_dir))
+    model = asr_args.create_model_config()
+    config = asr_args.create_engine_config()
+    found["asr"] = {"architectures": model.architectures, "max_model_len": model.max_model_len,
+                    "runner": model.runner_type, "dtype": str(model.dtype),
+                    "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
+                    "max_num_seqs": config.scheduler_config.max_num_seqs}
+    processor = InputProcessor(config)
+    hf = AutoProcessor.from_pretrained(asr_dir, fix_mistral_regex=True)
+    audio_id = hf.tokenizer.convert_tokens_to_ids("<|audio_pad|>")
+
+    # The worker's own SamplingParams, through a VllmEngine shell (no engines behind it).
+    engine = VllmEngine.__new__(VllmEngine)
+    engine.max_new_tokens, engine.sampling_overrides = settings.max_new_tokens, None
+    params = engine._sampling(30 * SR)
+
+    def process(prompt: str, seconds: float, params=params, proc=processor, tasks=("generate",)):
+        audio = np.zeros(int(seconds * SR), np.float32)
+        return proc.process_inputs("r", {"prompt": prompt, "multi_modal_data": {"audio": audio}},
+                                   params, supported_tasks=tasks)
+
+    rows = []
+    for seconds, context, language in [(30, "", None), (270, "Names: Qwen, RunPod.", "English"),
+                                       (300, "", "Chinese")]:
+        prompt = asr_prompt(context, language)
+        ids = process(prompt, seconds).prompt_token_ids
+        reference = hf(text=[prompt], audio=[np.zeros(int(seconds * SR), np.float32)],
+                       return_tensors="np", padding=True)["input_ids"][0].tolist()
+        rows.append({"seconds": seconds, "audio_tokens": ids.count(audio_id),
+                     "same_ids_as_qwen_asr": ids == reference, "prompt_tokens": len(ids)})
+    found["asr_prompts"] = rows
+
+    # The longest request the settings allow: a 300 s chunk, MAX_CONTEXT_TOKENS of context.
+    words = " ".join(["Qwen"] * settings.max_context_tokens)
+    context = hf.tokenizer.decode(hf.tokenizer(words, add_special_tokens=False)["input_ids"]
+                                  [: settings.max_context_tokens])
+    found["longest_accepted"] = refusal(lambda: process(asr_prompt(context, "English"), 300))
+
+    # What vLLM refuses (the stand-in must say the same), and why contexts are cleaned.
+    small = dataclasses.replace(asr_args, max_num_batched_tokens=3899, max_model_len=4200)
+    small_proc = InputProcessor(small.create_engine_config())
+    found["refusals"] = {
+        "encoder_cache": refusal(lambda: process(asr_prompt("", None), 300, proc=small_proc)),
+        "max_model_len": refusal(lambda: process(asr_prompt("word " * 400, None), 300,
+                                                 proc=small_proc)),
+        "audio_placeholder_in_context": refusal(lambda: process(asr_prompt("<|audio_pad|>", None),
+                                                                30)),
+        "two_audios": refusal(lambda: processor.process_inputs(
+            "r", {"prompt": asr_prompt("", None), "multi_modal_data": {"audio": [
+                np.zeros(SR, np.float32)] * 2}}, params, supported_tasks=("generate",))),
+    }
+
+    aligner_config = AlignerConfig(aligner_dir)
+    al_args = AsyncEngineArgs(**aligner_engine_args(settings, aligner_dir,
+                                                    aligner_config.timestamp_token_id))
+    al_model = al_args.create_model_config()
+    al_config = al_args.create_engine_config()
+    pooler = al_model.pooler_config
+    found["aligner"] = {"architectures": al_model.architectures, "runner": al_model.runner_type,
+                        "tok_pooling_type": pooler.tok_pooling_type,
+                        "step_tag_id": pooler.step_tag_id,
+                        "timestamp_token_id": aligner_config.timestamp_token_id,
+                        "max_model_len": al_model.max_model_len,
+                        "max_num_batched_tokens": al_config.scheduler_config.max_num_batched_tokens}
+    al_proc = InputProcessor(al_config)
+    al_hf = AutoProcessor.from_pretrained(aligner_dir, fix_mistral_regex=True)
+    word_list, prompt = Qwen3ForceAlignProcessor().encode_timestamp(
+        "Hello, world. This is a test of the aligner.", "English")
+    request = process(prompt, 270, params=PoolingParams(task="token_classify"), proc=al_proc,
+                      tasks=("token_classify",))
+    reference = al_hf(text=[prompt], audio=[np.zeros(270 * SR, np.float32)],
+                      return_tensors="np", padding=True)["input_ids"][0].tolist()
+    found["aligner_prompt"] = {
+        "words": len(word_list),
+        "timestamps": request.prompt_token_ids.count(aligner_config.timestamp_token_id),
+        "audio_tokens": request.prompt_token_ids.count(
+            al_hf.tokenizer.convert_tokens_to_ids("<|audio_pad|>")),
+        "same_ids_as_qwen_asr": request.prompt_token_ids == reference,
+        "pooling_task": request.pooling_params.task,
+        "step_tag_id": request.pooling_params.step_tag_id}
+    Path(out_path).write_text(json.dumps(found, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The real vllm 0.22.0 (installed in CI as in the image) on CPU, up to input processing, on the
+project's model directories, settings and exact prompts (tests/real_vllm_checks.py runs it in a
+process of its own, with vLLM's CPU platform forced). Nothing here runs a model: that needs the
+GPU (bench/gpu.py). It also proves that the stand-in used by the other tests (tests/stand_ins/
+vllm) has the real package's surface and refuses with the real words.
+
+Run it before every change to the GPU engine; CI runs it. REAL_VLLM_PYTHON may name another
+interpreter that has the GPU stack (requirements-gpu.txt) installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen_worker.config import load_settings
+from qwen_worker.prompts import asr_prompt
+
+HERE = Path(__file__).parent
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def real(model_dirs, tmp_path_factory):
+    python = os.environ.get("REAL_VLLM_PYTHON", sys.executable)
+    out = tmp_path_factory.mktemp("real-vllm") / "found.json"
+    run = subprocess.run([python, str(HERE / "real_vllm_checks.py"), str(model_dirs["english"]),
+                          str(model_dirs["aligner"]), str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (
+        "the real vllm 0.22.0 checks failed (is the GPU stack of requirements-gpu.txt "
+        "installed? scripts/setup.sh installs it):\n" + run.stderr[-4000:])
+    return json.loads(out.read_text())
+
+
+def test_the_installed_vllm_is_the_images(real):
+    assert real["surface"]["vllm"] == "0.22.0"
+
+
+def test_vllm_resolves_its_own_classes_after_qwen_asr_is_imported(real):
+    assert real["classes"] == {
+        "Qwen3ASRForConditionalGeneration": "vllm.model_executor.models.qwen3_asr",
+        "Qwen3ASRForcedAlignerForTokenClassification":
+            "vllm.model_executor.models.qwen3_asr_forced_aligner"}
+
+
+def test_the_workers_engine_settings_make_real_engine_configs(real):
+    settings = load_settings({"ASR_BACKEND": "vllm", "ASR_DEVICE": "cuda"})
+    assert real["asr"] == {"architectures": ["Qwen3ASRForConditionalGeneration"],
+                           "max_model_len": settings.vllm_max_model_len, "runner": "generate",
+                           "dtype": "torch.bfloat16",
+                           "max_num_batched_tokens": settings.vllm_max_num_batched_tokens,
+                           "max_num_seqs": settings.vllm_max_num_seqs}
+    aligner = real["aligner"]
+    assert aligner["architectures"] == ["Qwen3ASRForcedAlignerForTokenClassification"]
+    assert aligner["runner"] == "pooling" and aligner["tok_pooling_type"] == "STEP"
+    assert aligner["step_tag_id"] == aligner["timestamp_token_id"]
+    assert aligner["max_model_len"] == aligner["max_num_batched_tokens"] \
+        == settings.vllm_aligner_max_model_len
+
+
+def test_the_workers_prompts_are_processed_as_qwen_asr_builds_them(real):
+    assert [(r["seconds"], r["audio_tokens"], r["same_ids_as_qwen_asr"])
+            for r in real["asr_prompts"]] == [(30, 390, True), (270, 3510, True), (300, 3900, True)]
+    assert real["longest_accepted"] is None  # 300 s + MAX_CONTEXT_TOKENS fit the defaults
+    prompt = real["aligner_prompt"]
+    assert prompt["timestamps"] == 2 * prompt["words"] == 18
+    assert prompt["audio_tokens"] == 3510 and prompt["same_ids_as_qwen_asr"]
+    assert prompt["pooling_task"] == "token_classify"
+    assert prompt["step_tag_id"] == real["aligner"]["timestamp_token_id"]
+
+
+def test_a_control_token_in_a_raw_context_breaks_real_input_processing(real):
+    """Why contexts are cleaned (prompts.ContextFitter): an `<|audio_pad|>` in the text makes
+    vLLM's processor fail; a cleaned one is plain text."""
+    assert "Failed to apply Qwen3ASRProcessor" in real["refusals"]["audio_placeholder_in_context"]
+
+
+def test_the_stand_in_has_the_real_surface_and_refusals(real, model_dirs, monkeypatch):
+    stand_ins = HERE / "stand_ins"
+    assert json.loads((stand_ins / "vllm" / "surface.json").read_text()) == real["surface"]
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(stand_ins))
+    try:
+        import vllm
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from qwen_worker.vllm_engine import asr_engine_args
+
+        settings = load_settings({"ASR_BACKEND": "vllm", "ASR_DEVICE": "cuda"})
+        args = {**asr_engine_args(settings, str(model_dirs["english"])),
+                "max_num_batched_tokens": 3899, "max_model_len": 4200}
+        engine = AsyncLLM.from_engine_args(vllm.AsyncEngineArgs(**args))
+
+        def refusal(prompt: str, audios: list[np.ndarray]) -> str:
+            async def run():
+                params = vllm.SamplingParams(max_tokens=4)
+                data = {"audio": audios if len(audios) > 1 else audios[0]}
+                async for _ in engine.generate({"prompt": prompt, "multi_modal_data": data},
+                                               params, "r"):
+                    pass
+            with pytest.raises(ValueError) as err:
+                asyncio.run(run())
+            return str(err.value)
+
+        five_min = np.zeros(300 * SR, np.float32)
+        assert refusal(asr_prompt("", None), [five_min]) == real["refusals"]["encoder_cache"]
+        engine.max_num_batched_tokens = 16384  # past the encoder check, to the length check
+        assert refusal(asr_prompt("word " * 400, None), [five_min]) == \
+            real["refusals"]["max_model_len"]
+        assert refusal(asr_prompt("", None), [np.zeros(SR, np.float32)] * 2) == \
+            real["refusals"]["two_audios"]
+    finally:
+        for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+            del sys.modules[name]
