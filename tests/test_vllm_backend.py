@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import sys
 import threading
 import time
@@ -55,11 +56,15 @@ def _engines(vllm):
     return asr, aligner
 
 
-def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, model_dirs):
+def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, model_dirs,
+                                                                monkeypatch):
     from qwen_worker.vllm_engine import ALIGNER_ARCHITECTURE, aligner_engine_args, asr_engine_args
 
     settings = _settings(model_dirs, VLLM_MAX_NUM_SEQS="48", MAX_NEW_TOKENS="1500")
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
     engine = load_engine(settings)
+    # Spawned engine processes: nothing of this process (threads, locks) is forked into them.
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     asr, aligner = _engines(fake_vllm)
     assert engine.backend == "vllm" and engine.batches_itself
     assert asr.args == asr_engine_args(settings, str(model_dirs["english"]))
