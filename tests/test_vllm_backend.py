@@ -355,3 +355,20 @@ def test_cuda_turns_off_cudnn_attention_and_cpu_leaves_it():
         assert torch.backends.cuda.cudnn_sdp_enabled() is False
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_a_looping_chunk_is_retried_as_halves_through_vllm(fake_vllm, model_dirs, monkeypatch):
+    """Repairs behave as on the transformers backend: a chunk whose output loops is sent again
+    as two halves, both in the running batch, and the cleaner result is kept."""
+    engine = load_engine(_settings(model_dirs))
+    asr, _ = _engines(fake_vllm)
+    loop = "language English<asr_text>" + "again " * 120
+    monkeypatch.setattr(fake_vllm, "SCRIPT", lambda seconds: loop if seconds > 30 else
+                        "language English<asr_text>Hello from the stand-in.")
+    audio = media.samples_with_gaps(50.0, [25.0])
+    t = transcribe_samples(audio, Options(), engine)
+    lengths = [len(r["prompt"]["multi_modal_data"]["audio"]) / SECOND for r in asr.requests[1:]]
+    assert lengths[0] == pytest.approx(50.0) and len(lengths) == 3  # the chunk, then its halves
+    assert all(x < 30 for x in lengths[1:]) and sum(lengths[1:]) == pytest.approx(50.0)
+    assert len(t.chunks) == 2 and "again" not in t.text
+    assert any("repeated itself in a loop" in w and "fixed" in w for w in t.warnings)
