@@ -363,6 +363,9 @@ def main() -> int:
     env = settings_env(base / "asr", base / "aligner", memory.total_gib, "vllm", work)
     if args.smoke:
         env.update(ASR_BACKEND="vllm", ASR_DEVICE="cpu", ASR_DTYPE="float32")
+    # Engine settings from the environment win (e.g. VLLM_ENFORCE_EAGER=true for a quick run).
+    env.update({k: v for k, v in os.environ.items() if k.startswith("VLLM_") and
+                k not in ("VLLM_USE_FLASHINFER_SAMPLER", "VLLM_WORKER_MULTIPROC_METHOD")})
     settings = load_settings(env)
     allow_loopback_for_local_testing()
 
