@@ -5,11 +5,12 @@
 #   docker build --build-arg ASR_MODEL_ID=Qwen/Qwen3-ASR-1.7B -t qwen3-asr-worker:1.7b .
 #   HF_TOKEN=... docker build --secret id=hf_token,env=HF_TOKEN -t qwen3-asr-worker .
 #
-# CUDA: vllm 0.14.0 pins torch==2.9.1, whose PyPI wheels carry the CUDA 12.8 runtime
-# (nvidia-*-cu12 12.8.x); vllm's own kernels are built with CUDA 12.9 and use that runtime.
-# The image only needs the driver side, so a CUDA 12.8 base keeps hosts with 12.8 drivers.
-# Ubuntu 24.04 ships Python 3.12, which the vllm and torch wheels support.
-FROM nvidia/cuda:12.8.1-base-ubuntu24.04
+# CUDA: vllm 0.22.0 pins torch==2.11.0, whose default PyPI wheels are CUDA 13.0 builds
+# (nvidia-cuda-runtime 13.0.x), and vLLM 0.22.0's compiled parts link libcudart.so.13. The
+# wheels bring the CUDA libraries; the image needs only the driver side, from the host.
+# The host driver must support CUDA 13.0: NVIDIA driver >= 580 (.runpod/hub.json allows only
+# such hosts). Ubuntu 24.04 ships Python 3.12, which the vllm and torch wheels support.
+FROM nvidia/cuda:13.0.2-base-ubuntu24.04
 
 # ffmpeg decodes the audio; espeak-ng speaks the clip of `handler.py --self-test`. gcc/g++ and python3-dev: Triton and torch.compile (used by vLLM
 # unless VLLM_ENFORCE_EAGER=true) compile small C helpers against Python.h at first use.
@@ -18,23 +19,25 @@ RUN apt-get update \
         ca-certificates espeak-ng ffmpeg g++ gcc python3 python3-dev python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
-# A venv: Ubuntu's own Python refuses system-wide pip installs (PEP 668).
+# A venv: Ubuntu's own Python refuses system-wide pip installs (PEP 668). uv, pinned, installs
+# the Python stack into it (uv pip targets $VIRTUAL_ENV); pip only installs uv.
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv \
-    && pip install --no-cache-dir --upgrade pip==26.3
+    && pip install --no-cache-dir uv==0.13.9
 
 WORKDIR /app
 
-# Python dependencies, as in CI (.ci/run): the runtime pins of requirements.txt (CI reaches
-# them through requirements-dev.txt, which adds a CPU torch instead of vllm), resolved
-# together with vllm so that pip sees every constraint at once; `pip check` then fails the
-# build on any conflict. qwen-asr comes last, without its dependencies: they drag in
-# gradio/flask demo code that inference never imports (and that `pip check` would flag).
+# Python dependencies, by the same steps as CI (scripts/setup.sh, run by .ci/run): the GPU pins
+# (requirements-gpu.txt: vllm, torch) and the runtime pins (requirements.txt) in one
+# resolution, so that every constraint is seen at once; `uv pip check` then fails the build on
+# any conflict. qwen-asr comes last, without its dependencies: they drag in gradio/flask demo
+# code that inference never imports (and that the check would flag). CI then adds only its
+# test tools, so its torch and vllm are the image's.
 COPY requirements.txt requirements-gpu.txt /app/
-RUN pip install --no-cache-dir -r requirements-gpu.txt -r requirements.txt \
-    && pip check \
-    && pip install --no-cache-dir --no-deps qwen-asr==0.0.6
+RUN uv pip install --no-cache -r requirements-gpu.txt -r requirements.txt \
+    && uv pip check \
+    && uv pip install --no-cache --no-deps qwen-asr==0.0.6
 
 # Weights, before the source so that a code change does not download them again.
 # fetch_models.py checks what it got and fails the build naming any missing file.
@@ -53,10 +56,9 @@ RUN --mount=type=secret,id=hf_token,env=HF_TOKEN \
 
 # Runtime: no hub access (the weights are in /models), and runpod at INFO, because at its
 # default DEBUG level it logs every job's output, transcripts included.
-# PYTORCH_NVML_BASED_CUDA_CHECK: torch's default CUDA check initialises the driver, after
-# which the engine process vLLM forks cannot use the GPU (the worker also sets it in code).
-# vLLM keeps its default fork: qwen-asr registers its model class in this process only, and
-# a spawned engine would see it only as a side effect of unpickling the config.
+# PYTORCH_NVML_BASED_CUDA_CHECK: the worker never initialises CUDA in its own process, and
+# torch's default CUDA check would (the worker also sets it in code). vLLM's engine processes
+# are started with spawn: the worker sets VLLM_WORKER_MULTIPROC_METHOD=spawn itself.
 ENV HF_HUB_OFFLINE=1 \
     PYTORCH_NVML_BASED_CUDA_CHECK=1 \
     TRANSFORMERS_OFFLINE=1 \

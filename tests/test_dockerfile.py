@@ -1,5 +1,6 @@
 """The GPU image recipe (Dockerfile), kept honest without a Docker engine: hadolint, the same
-pip installs as CI (.ci/run), layer order, and the RunPod Hub files (.runpod/*.json)."""
+installs as CI (.ci/run, scripts/setup.sh), layer order, and the RunPod Hub files
+(.runpod/*.json)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,23 @@ GPU_REQUIREMENTS = "requirements-gpu.txt"
 INPUT_KEYS = {"audio_url", "audio_base64", "language", "context", "word_timestamps", "formats",
               "chunk_seconds"}
 
-# Requires-Dist of the vllm-0.14.0 wheel (its METADATA) that touch our runtime pins; numpy's
-# bound comes through numba==0.61.2 (numpy<2.3,>=1.24).
-VLLM_0_14_CONSTRAINTS = {
-    "transformers": ">=4.56.0,<5",
+UV_PIN = "uv==0.13.9"
+
+# Requires-Dist of the vllm-0.22.0 wheel (its METADATA) that touch the pins of
+# requirements-gpu.txt and requirements.txt; numpy's bound comes through numba==0.65.0
+# (numpy<2.5,>=1.22). Checked against the installed vllm's metadata where it is installed (CI).
+VLLM_VERSION = "0.22.0"
+VLLM_CONSTRAINTS = {
+    "torch": "==2.11.0",
+    "transformers": "!=5.0.*,!=5.1.*,!=5.2.*,!=5.3.*,!=5.4.*,!=5.5.0,>=4.56.0",
     "tokenizers": ">=0.21.1",
-    "numpy": ">=1.24,<2.3",
     "requests": ">=2.26.0",
+    "numba": "==0.65.0",
 }
+NUMBA_NUMPY = ">=1.22,<2.5"
+# qwen-asr's requirements that requirements.txt leaves out on purpose (it is installed with
+# --no-deps): demo and packaging extras that inference never imports.
+QWEN_ASR_LEFT_OUT = {"qwen-omni-utils", "sox", "gradio", "flask", "pytz"}
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -54,17 +64,56 @@ def instructions(text: str) -> list[tuple[str, str]]:
     return result
 
 
-def pip_installs(commands: list[str]) -> list[list[str]]:
-    """The argument lists of every `pip install` (or .ci/run's `pip_install`) command."""
+# Options of pip/uv that take a value (as the next word).
+VALUE_OPTIONS = {"-r", "--requirement", "-c", "--constraint", "--python", "-p", "--index-url",
+                 "--extra-index-url"}
+# Options that change how, not what, is installed: left out when the image and CI are compared.
+HOW_OPTIONS = {"-q", "--quiet", "--no-cache", "--no-cache-dir", "--python", "-p"}
+
+
+def install_steps(commands: list[str]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Every pip / uv step, in order, as (tool, subcommand, arguments without the options of
+    HOW_OPTIONS): `pip install X` and `python -m pip install X` are ("pip", "install", ...),
+    `uv pip check` (any path to uv) and scripts/setup.sh's `uv_pip check` are ("uv", "check",
+    ...). A step whose subcommand is not a literal word (a wrapper's definition) is skipped."""
     found = []
-    for command in commands:
-        for part in re.split(r"&&|;|\n", command):
+    code = [line for command in commands for line in command.splitlines()
+            if not line.strip().startswith("#")]
+    for command in code:
+        for part in re.split(r"&&|;", command):
             words = shlex.split(part, comments=True)
             for i, word in enumerate(words):
-                if word == "pip_install" or (word == "pip" and words[i + 1:i + 2] == ["install"]):
-                    found.append(words[i + (1 if word == "pip_install" else 2):])
-                    break
+                if word == "uv_pip":
+                    tool, rest = "uv", words[i + 1:]
+                elif word == "pip" and i > 0 and Path(words[i - 1]).name == "uv":
+                    tool, rest = "uv", words[i + 1:]
+                elif word == "pip":
+                    tool, rest = "pip", words[i + 1:]
+                else:
+                    continue
+                if rest and re.fullmatch(r"[a-z]+", rest[0]):
+                    args, skip = [], False
+                    for arg in rest[1:]:
+                        if skip:
+                            skip = False
+                            continue
+                        if arg in HOW_OPTIONS:
+                            skip = arg in VALUE_OPTIONS
+                            continue
+                        args.append(arg)
+                    found.append((tool, rest[0], tuple(args)))
+                break
     return found
+
+
+def requirement_files(args) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a in ("-r", "--requirement")]
+
+
+def named_pins(args) -> list[str]:
+    """The requirement specifiers given on the command line (not the files)."""
+    return [a for i, a in enumerate(args)
+            if not a.startswith("-") and (i == 0 or args[i - 1] not in VALUE_OPTIONS)]
 
 
 def ci_commands(script: Path = CI_SCRIPT) -> list[str]:
@@ -76,15 +125,6 @@ def ci_commands(script: Path = CI_SCRIPT) -> list[str]:
         if match and (ROOT / match.group(1)).is_file():
             lines += ci_commands(ROOT / match.group(1))
     return lines
-
-
-def requirement_files(installs: list[list[str]]) -> list[str]:
-    return [args[i + 1] for args in installs for i, a in enumerate(args) if a == "-r"]
-
-
-def no_deps_pins(installs: list[list[str]]) -> set[str]:
-    return {a for args in installs if "--no-deps" in args
-            for a in args if not a.startswith("-")}
 
 
 def expand(name: str) -> set[str]:
@@ -140,36 +180,131 @@ def test_every_ignored_hadolint_rule_is_explained():
             assert i > 0 and lines[i - 1].strip().startswith("#"), f"no reason given for {line}"
 
 
+def _resolution_step(steps, where: str) -> int:
+    """The index of the one uv install of requirements-gpu.txt: the image's resolution."""
+    hits = [i for i, (tool, sub, args) in enumerate(steps)
+            if tool == "uv" and sub == "install" and GPU_REQUIREMENTS in requirement_files(args)]
+    assert len(hits) == 1, f"{where}: expected one uv install of {GPU_REQUIREMENTS}: {steps}"
+    return hits[0]
+
+
 def test_image_installs_what_ci_installs(dockerfile):
-    image = pip_installs([args for ins, args in dockerfile if ins == "RUN"])
-    ci = pip_installs(ci_commands())
+    image = install_steps([args for ins, args in dockerfile if ins == "RUN"])
+    ci = install_steps(ci_commands())
 
-    # qwen-asr: the same pin, without its dependencies, in both.
-    assert no_deps_pins(image) == no_deps_pins(ci) == {"qwen-asr==0.0.6"}
+    # pip installs only uv, at the same pin, in both; everything else goes through that uv.
+    for where, steps in (("Dockerfile", image), ("CI", ci)):
+        pip = [step for step in steps if step[0] == "pip"]
+        assert [(sub, named_pins(args)) for _, sub, args in pip] == [("install", [UV_PIN])], (
+            where, pip)
+        assert steps.index(pip[0]) == 0, f"{where}: uv is installed after it is used"
+
+    # The image's resolution: requirements-gpu.txt and requirements.txt in ONE uv install,
+    # nothing else in it, and `uv pip check` right after it, in both.
+    for where, steps in (("Dockerfile", image), ("CI", ci)):
+        at = _resolution_step(steps, where)
+        args = steps[at][2]
+        assert sorted(requirement_files(args)) == sorted([GPU_REQUIREMENTS, "requirements.txt"])
+        assert named_pins(args) == [] and "--no-deps" not in args, (where, args)
+        assert steps[at + 1] == ("uv", "check", ()), f"{where}: no uv pip check after {args}"
+        # qwen-asr last, without its dependencies: after the check, which it would fail.
+        assert steps[-1] == ("uv", "install", ("--no-deps", "qwen-asr==0.0.6")), (where, steps)
+        assert [s for s in steps if "--no-deps" in s[2]] == [steps[-1]], where
     assert Version(importlib.metadata.version("qwen-asr")) == Version("0.0.6")
-    # The runtime pins: requirements.txt directly in the image, through requirements-dev.txt
-    # in CI; the image swaps the dev extras (CPU torch, test tools) for requirements-gpu.txt.
-    image_files = set(requirement_files(image))
-    ci_files = set().union(*(expand(f) for f in requirement_files(ci)))
-    assert "requirements.txt" in image_files and "requirements.txt" in ci_files
-    assert image_files - {GPU_REQUIREMENTS} <= ci_files
-    assert GPU_REQUIREMENTS in image_files
+
+    # CI adds only its test tools (and re-checks, and undoes an earlier run's qwen-asr);
+    # without those steps it is exactly the image's sequence.
+    dev_installs = [s for s in ci if s[:2] == ("uv", "install") and GPU_REQUIREMENTS
+                    not in requirement_files(s[2]) and "--no-deps" not in s[2]]
+    assert dev_installs, "CI installs no test tools"
+    ci_only = set(dev_installs) | {("uv", "uninstall", ("qwen-asr",))}
+    core = [s for s in ci if s not in ci_only]
+    core = [s for i, s in enumerate(core) if not (s[1] == "check" and core[i - 1][1] == "check")]
+    assert core == image, (core, image)
+    # and those tools move nothing the image pins: no torch/vllm of their own, and the runtime
+    # pins unchanged.
+    gpu, runtime = pins(GPU_REQUIREMENTS), pins("requirements.txt")
+    for _, _, args in dev_installs:
+        assert named_pins(args) == [], args
+        for name in set().union(*(expand(f) for f in requirement_files(args))):
+            for pkg, req in pins(name).items():
+                assert pkg not in gpu, f"{name} pins {req}: the image's {gpu[pkg]} decides that"
+                if pkg in runtime:
+                    assert req.specifier == runtime[pkg].specifier, (name, req, runtime[pkg])
+        for i, step in enumerate(ci):  # each test-tool install is checked like the image's
+            if step[2] == args:
+                assert ci[i + 1] == ("uv", "check", ()), f"CI: no uv pip check after {args}"
 
 
-def test_gpu_pin_is_the_vllm_that_qwen_asr_wants_and_fits_the_runtime_pins():
+def test_gpu_pins_resolve_with_the_runtime_pins():
     gpu = pins(GPU_REQUIREMENTS)
-    assert [str(r) for r in gpu.values()] == ["vllm==0.14.0"]
-    extra = [Requirement(r) for r in importlib.metadata.requires("qwen-asr") or []
-             if Requirement(r).name == "vllm"]
-    assert [str(r.specifier) for r in extra] == ["==0.14.0"]  # qwen-asr[vllm]
-
+    assert set(gpu) == {"vllm", "torch"}, gpu
     runtime = pins("requirements.txt")
-    for req in runtime.values():
-        assert str(req.specifier).startswith("=="), f"requirements.txt: {req} is not pinned"
-    for name, allowed in VLLM_0_14_CONSTRAINTS.items():
-        version = next(iter(runtime[name].specifier)).version
-        assert Requirement(f"{name}{allowed}").specifier.contains(version), (
-            f"requirements.txt pins {name}=={version}; vllm 0.14.0 needs {name}{allowed}")
+    for req in [*gpu.values(), *runtime.values()]:
+        assert str(req.specifier).startswith("=="), f"{req} is not pinned"
+    pinned = {name: next(iter(req.specifier)).version for name, req in {**gpu, **runtime}.items()}
+
+    assert pinned["vllm"] == VLLM_VERSION, "VLLM_CONSTRAINTS is the metadata of another vllm"
+    for name, allowed in VLLM_CONSTRAINTS.items():
+        if name in pinned:
+            assert Requirement(f"{name}{allowed}").specifier.contains(pinned[name]), (
+                f"{name}=={pinned[name]} is pinned; vllm {VLLM_VERSION} needs {name}{allowed}")
+    numba_numpy = Requirement(f"numpy{NUMBA_NUMPY}").specifier
+    assert numba_numpy.contains(pinned["numpy"]), f"numba {VLLM_CONSTRAINTS['numba']}: numpy"
+
+    # qwen-asr comes with --no-deps: requirements.txt must pin what it needs, at its versions.
+    needed = [Requirement(r) for r in importlib.metadata.requires("qwen-asr") or []]
+    needed = [r for r in needed if r.marker is None]  # the vllm extra wants 0.14: not used
+    assert {r.name for r in needed if r.name not in runtime} == QWEN_ASR_LEFT_OUT
+    for req in needed:
+        if req.name in runtime:
+            assert req.specifier.contains(pinned[req.name]), (
+                f"requirements.txt pins {req.name}=={pinned[req.name]}; qwen-asr needs {req}")
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def test_the_recorded_vllm_metadata_is_the_installed_vllms():
+    if _installed("vllm") is None:
+        pytest.skip("vllm is not installed here (bash scripts/setup.sh installs the image's)")
+    assert _installed("vllm") == VLLM_VERSION
+    declared = {Requirement(r).name: Requirement(r) for r in importlib.metadata.requires("vllm")
+                if Requirement(r).marker is None}
+    for name, allowed in VLLM_CONSTRAINTS.items():
+        assert declared[name].specifier == Requirement(f"{name}{allowed}").specifier, name
+    numba = [Requirement(r) for r in importlib.metadata.requires("numba")
+             if Requirement(r).name == "numpy" and Requirement(r).marker is None]
+    combined = set().union(*(r.specifier for r in numba))
+    assert combined == set(Requirement(f"numpy{NUMBA_NUMPY}").specifier), numba
+
+
+def test_this_venv_holds_the_images_python_stack():
+    """CI's venv (scripts/setup.sh) is the image's stack: its torch is the image's torch."""
+    if _installed("vllm") is None:
+        pytest.skip("a venv from before scripts/setup.sh installed the image's stack: run it")
+    for name, req in {**pins(GPU_REQUIREMENTS), **pins("requirements.txt")}.items():
+        version = _installed(name)
+        assert version is not None and req.specifier.contains(version), (
+            f"installed {name}=={version}, the image pins {req}")
+
+
+def test_base_image_cuda_is_the_cuda_of_the_pinned_torch():
+    """The base image's CUDA (what hosts must support: .runpod/hub.json) is the CUDA that
+    PyPI's torch wheels of requirements-gpu.txt are built for."""
+    match = re.search(r"^FROM\s+nvidia/cuda:(\d+\.\d+)\.\d+-base-ubuntu24\.04$",
+                      DOCKERFILE.read_text("utf-8"), re.M)
+    assert match, "the base is no longer an nvidia/cuda:X.Y.Z-base-ubuntu24.04 image"
+    import torch
+
+    torch_pin = next(iter(pins(GPU_REQUIREMENTS)["torch"].specifier)).version
+    if Version(torch.__version__).base_version != torch_pin or not torch.version.cuda:
+        pytest.skip(f"torch {torch.__version__} here, not the image's CUDA build of {torch_pin}")
+    assert torch.version.cuda == match.group(1), (torch.version.cuda, match.group(1))
 
 
 def test_image_has_the_debian_packages_ci_installs(dockerfile):

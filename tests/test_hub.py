@@ -58,8 +58,14 @@ GPU_POOLS = {
     "HOPPER_141": (141, {"NVIDIA H200"}),
 }
 
+# The CUDA versions RunPod accepts in allowedCudaVersions (the enum of allowedCudaVersions in
+# its REST API, https://docs.runpod.io/api-reference/pods/POST/pods): a host's CUDA version is
+# the newest its driver supports.
+RUNPOD_CUDA_VERSIONS = {"13.0", "12.9", "12.8", "12.7", "12.6", "12.5", "12.4", "12.3", "12.2",
+                        "12.1", "12.0", "11.8"}
+
 # --- this worker -----------------------------------------------------------------------------
-MIN_GPU_GB = 24  # the defaults (VLLM_GPU_MEMORY_UTILIZATION 0.55 + the aligner) are sized for 24 GB
+MIN_GPU_GB = 24  # the defaults (ASR engine 0.45 + aligner engine 0.30) are sized for 24 GB
 # Hub test timeouts must cover a cold worker on the slowest card the listing allows (an L4):
 # vLLM start-up, torch.compile and CUDA graph capture (about 2-3 min), then a short clip
 # (download, decode, ASR, alignment: seconds on a GPU), with a factor 2 to spare.
@@ -222,11 +228,15 @@ def _cuda(version: str) -> tuple[int, int]:
 
 
 def test_allowed_cuda_versions_can_run_the_images_cuda(hub, hub_tests):
-    # A host's CUDA version (its driver) must be at least the base image's: 12.8 -> 12.8, 12.9...
+    # A host's CUDA version (its driver) must be at least the base image's: the image's torch
+    # and vLLM are CUDA 13.0 builds (libcudart.so.13), so 13.0 and later only (driver >= 580).
     base = _cuda_base()
     listed = hub["config"]["allowedCudaVersions"]
     assert listed and len(listed) == len(set(listed))
+    assert set(listed) <= RUNPOD_CUDA_VERSIONS, set(listed) - RUNPOD_CUDA_VERSIONS
     assert all(_cuda(v) >= base for v in listed), (listed, base)
+    # every documented version that can run it is allowed: no host is turned away for nothing
+    assert set(listed) == {v for v in RUNPOD_CUDA_VERSIONS if _cuda(v) >= base}, listed
     assert f"{base[0]}.{base[1]}" in listed  # and hosts at exactly that version are welcome
     tested = hub_tests["config"].get("allowedCudaVersions", [])
     assert set(tested) <= set(listed)
@@ -311,6 +321,18 @@ def test_env_inputs_offer_only_values_the_worker_accepts(hub):
             values = [spec["default"]]
         for value in values:
             config.load_settings({key: _raw(spec, value)})  # ConfigError if the worker refuses
+
+
+def test_memory_share_inputs_fit_with_the_shares_the_hub_does_not_list(hub, load_in_image):
+    """The two vLLM engines (ASR, aligner) share the card; the image refuses shares that add up
+    to more than it allows. A share the Hub does not list stays at its default there, so every
+    value the Hub offers for a listed share must fit with those defaults."""
+    shares = {key: spec for key, spec in _env_inputs(hub).items()
+              if key.endswith("GPU_MEMORY_UTILIZATION")}
+    assert "VLLM_GPU_MEMORY_UTILIZATION" in shares
+    for key, spec in shares.items():
+        for value in (spec["min"], spec["default"], spec["max"]):
+            load_in_image({key: _raw(spec, value)})  # ConfigError if the image refuses it
 
 
 def test_env_defaults_are_the_images_own_defaults(hub, load_in_image):
