@@ -423,14 +423,15 @@ def main() -> int:
         return {"wall_s": round(wall, 2), **out["timings"], "words": len(out.get("words", [])),
                 "warnings": out.get("warnings", [])[:3], "peak_gib": round(memory.peak, 2)}
 
-    def engine_calls() -> dict:
+    def engine_calls(which: Any, name: str) -> dict:
+        """The hour's chunks through one engine's transcribe and align (700 words a chunk)."""
         t0 = time.perf_counter()
-        engine.transcribe(chunks, english, [""] * len(chunks))
+        which.transcribe(chunks, english, [""] * len(chunks))
         asr_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        engine.align(chunks, texts, english)
-        return {"chunks": len(chunks), "vllm_asr_s": round(asr_s, 2),
-                "vllm_align_s": round(time.perf_counter() - t0, 2),
+        which.align(chunks, texts, english)
+        return {"chunks": len(chunks), f"{name}_asr_s": round(asr_s, 2),
+                f"{name}_align_s": round(time.perf_counter() - t0, 2),
                 "audio_h": round(args.hour / 3600, 3)}
 
     def job_batch(conc: int) -> dict:
@@ -468,7 +469,7 @@ def main() -> int:
 
     try:
         phase("hour", hour_job)
-        phase("engines", engine_calls)
+        phase("engines", lambda: engine_calls(engine, "vllm"))
         for conc in [int(c) for c in args.concurrency.split(",")]:
             phase(f"jobs-{conc}", lambda conc=conc: job_batch(conc))
         phase("during", during)
@@ -477,17 +478,7 @@ def main() -> int:
                                          "MAX_NEW_TOKENS": "900",
                                          "ASR_DEVICE": "cpu" if args.smoke else "cuda"})
             tf = load_engine(tf_settings)
-
-            def tf_calls() -> dict:
-                t0 = time.perf_counter()
-                tf.transcribe(chunks, english, [""] * len(chunks))
-                asr_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                tf.align(chunks, texts, english)
-                return {"transformers_asr_s": round(asr_s, 2),
-                        "transformers_align_s": round(time.perf_counter() - t0, 2)}
-
-            phase("transformers", tf_calls)
+            phase("transformers", lambda: engine_calls(tf, "transformers"))
             if not args.smoke:  # the stand-in computes no probabilities
                 phase("agreement", lambda: agreement(engine, tf, noise(30.0, 5)))
     finally:
