@@ -295,7 +295,8 @@ def agreement(vllm_engine: Any, tf_engine: Any, chunk: np.ndarray) -> dict:
 
     words, prompt = vllm_engine._aligner_text.encode_timestamp(random_words(60, 7), "English")
     mm = {"audio": chunk}
-    pooled = vllm_engine._run(vllm_engine._encode({"prompt": prompt, "multi_modal_data": mm}))
+    pooled = vllm_engine._run(lambda: vllm_engine._encode({"prompt": prompt,
+                                                           "multi_modal_data": mm}))
     v_rows = pooled.outputs.data.float().cpu()
     aligner = tf_engine._model.forced_aligner
     inputs = aligner.processor(text=[prompt], audio=[chunk], return_tensors="pt", padding=True)
@@ -307,7 +308,7 @@ def agreement(vllm_engine: Any, tf_engine: Any, chunk: np.ndarray) -> dict:
     cos = torch.nn.functional.cosine_similarity(v_rows, t_rows, dim=-1)
 
     text = asr_prompt("", "English")
-    out = vllm_engine._run(vllm_engine._generate(
+    out = vllm_engine._run(lambda: vllm_engine._generate(
         {"prompt": text, "multi_modal_data": mm},
         SamplingParams(temperature=0.0, max_tokens=1, logprobs=20, detokenize=False)))
     v_top = out.outputs[0].logprobs[0]  # token id -> Logprob

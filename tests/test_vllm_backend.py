@@ -266,15 +266,16 @@ def test_a_job_joins_the_running_batch_instead_of_waiting(fake_vllm, model_dirs,
     assert finished["short"] - t_short < (finished["long"] - t_long) / 3
 
 
-def test_a_dead_engine_fails_this_and_later_jobs_with_refresh(fake_vllm, model_dirs, jobs_dir,
+def test_a_dead_engine_fails_this_and_later_jobs_with_refresh(fake_vllm, model_dirs, tmp_path,
                                                             monkeypatch):
     from qwen_worker.worker import Worker
 
+    jobs_dir = tmp_path / "jobs"
     settings = _settings(model_dirs, WORK_DIR=str(jobs_dir))
     engine = load_engine(settings)
     worker = Worker(settings, engine)
     assert worker.scheduler is None  # vLLM batches the jobs itself
-    wav = media.make_audio(jobs_dir / "clip.wav", 4.0, rate=16000).read_bytes()
+    wav = media.make_audio(tmp_path / "clip.wav", 4.0, rate=16000).read_bytes()
     job = {"id": "j", "input": {"audio_base64": base64.b64encode(wav).decode()}}
     assert "error_code" not in worker.handle(job)
     monkeypatch.setattr(fake_vllm, "KILL", True)

@@ -197,7 +197,7 @@ class VllmEngine:
         requests = [({"prompt": asr_prompt(ctx, lang), "multi_modal_data": {"audio": padded(c)}},
                      self._sampling(c.shape[0]))
                     for c, lang, ctx in zip(chunks, languages, contexts)]
-        finals = self._run(_all([self._generate(p, sp) for p, sp in requests]))
+        finals = self._run(lambda: _all([self._generate(p, sp) for p, sp in requests]))
         return [self._read(final, lang) for final, lang in zip(finals, languages)]
 
     def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
@@ -207,7 +207,7 @@ class VllmEngine:
             encoded = [self._aligner_text.encode_timestamp(t, lang)
                        for t, lang in zip(texts, languages)]
         todo = [i for i, (words, _) in enumerate(encoded) if words]
-        rows = self._run(_all([
+        rows = self._run(lambda: _all([
             self._encode({"prompt": encoded[i][1], "multi_modal_data": {"audio": padded(chunks[i])}})
             for i in todo]))
         out: list[list[AlignedToken]] = [[] for _ in chunks]
@@ -225,8 +225,8 @@ class VllmEngine:
         from vllm import SamplingParams
 
         short = SamplingParams(temperature=0.0, max_tokens=8, detokenize=False)
-        self._run(self._generate({"prompt": asr_prompt("", None),
-                                  "multi_modal_data": {"audio": audio}}, short))
+        self._run(lambda: self._generate({"prompt": asr_prompt("", None),
+                                          "multi_modal_data": {"audio": audio}}, short))
         self.align([audio], [" ".join(["word"] * WARM_UP_WORDS)], ["English"])
 
     def close(self) -> None:
@@ -272,14 +272,14 @@ class VllmEngine:
             raise EngineError("the aligner engine ended a request without its output")
         return final
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the engines' loop, waiting as the current job (stoppable)."""
+    def _run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run work() on the engines' loop, waiting as the current job (stoppable). After a
+        fatal error the dead engine is not called again."""
         if self._fatal is not None:
-            coro.close()
             raise RuntimeError("the vLLM engine failed earlier with a fatal error") \
                 from self._fatal
         try:
-            return wait_in_job(self._loop.submit(coro), "the job's vLLM requests were aborted")
+            return wait_in_job(self._loop.submit(work()), "the job's vLLM requests were aborted")
         except Exception as exc:
             if is_fatal_gpu_error(exc) and self._fatal is None:
                 log.error("fatal engine error: failing this and every later job (%s)",
