@@ -289,7 +289,7 @@ def agreement(vllm_engine: Any, tf_engine: Any, chunk: np.ndarray) -> dict:
     """Same weights and inputs on both backends: aligner probabilities and ASR first-token
     log-probabilities (argmax alone means little: random weights collapse it)."""
     import torch
-    from vllm import PoolingParams, SamplingParams
+    from vllm import SamplingParams
 
     from qwen_worker.prompts import asr_prompt
 

@@ -9,10 +9,10 @@ gathering delay is added. One event-loop thread owns both engines; job threads c
 `transcribe` and `align` and wait for their own requests. Stopping a job (RunPod's cancel,
 SIGTERM) aborts its requests; a dead engine fails every later call (the worker is replaced).
 
-qwen-asr supplies the text side that vLLM lacks: output parsing, and the aligner's word
-splitting (nagisa for Japanese, soynlp for Korean) and timestamp repair. Its transformers model
-code is never loaded here, and its own vLLM model class (for vLLM 0.14) never replaces vLLM's:
-`check_native_classes` proves it at start-up.
+qwen-asr supplies the text side that vLLM lacks: output parsing and the aligner's word
+splitting (nagisa for Japanese, soynlp for Korean); `timestamps` repairs the aligner's times as
+qwen-asr does. qwen-asr's transformers models are never loaded here, and its own vLLM model
+class (for vLLM 0.14) never replaces vLLM's: `check_native_classes` proves it at start-up.
 """
 
 from __future__ import annotations

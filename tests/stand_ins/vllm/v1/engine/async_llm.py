@@ -12,7 +12,6 @@ import numpy as np
 
 from ...engine.arg_utils import AsyncEngineArgs
 from ...outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestOutput
-from ...sampling_params import RequestOutputKind
 from .exceptions import EngineDeadError
 
 AUDIO_PLACEHOLDER = "<|audio_pad|>"
