@@ -205,8 +205,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # job also holds its decoded audio in host memory (~230 MB per audio hour).
         max_concurrency=_int(env, "MAX_CONCURRENCY", 16 if device == "cuda" else 2, 1, 256),
         scheduler_gather_s=_int(env, "SCHEDULER_GATHER_MS", 20, 0, 10000) / 1000.0,
-        scheduler_max_chunks=_int(env, "SCHEDULER_MAX_CHUNKS", 0, 0, 4096) or (
-            vllm_max_num_seqs if backend == "vllm" else asr_batch_size),
+        # The transformers backend's scheduler only: vLLM takes every chunk as a request.
+        scheduler_max_chunks=_int(env, "SCHEDULER_MAX_CHUNKS", 0, 0, 4096) or asr_batch_size,
         # The SDK takes jobs from RunPod only when this is set (else it runs locally).
         progress_updates=bool(env.get("RUNPOD_WEBHOOK_GET_JOB", "").strip()),
     )
