@@ -213,6 +213,54 @@ class DeviceMemory:
     def reset(self) -> None:
         self.peak = self.used_gib()
 
+    def processes(self) -> int:
+        """How many processes hold a CUDA context (the two engine cores; not the front end)."""
+        if self._nvml is None:
+            return 0
+        return len(self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle))
+
+
+class StackSampler:
+    """Where this process's threads are during a phase: every 10 ms, each thread's innermost
+    frame in the worker's code or in vLLM, counted by thread kind (a poor man's py-spy)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "StackSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(0.01):
+            names = {t.ident: t.name for t in threading.enumerate()}
+            self.samples += 1
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                kind = names.get(ident, "?").split("_")[0].rstrip("-0123456789")
+                while frame is not None and not any(
+                        k in frame.f_code.co_filename for k in ("qwen_worker", "/vllm/")):
+                    frame = frame.f_back
+                where = ("-" if frame is None else
+                         f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
+                         f":{frame.f_code.co_name}")
+                key = f"{kind} {where}"
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def top(self, n: int = 12) -> list[str]:
+        """The n most seen places, as thread-seconds of the phase."""
+        ranked = sorted(self.counts.items(), key=lambda kv: -kv[1])[:n]
+        return [f"{count * 0.01:.1f}s {key}" for key, count in ranked]
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -295,8 +343,8 @@ def agreement(vllm_engine: Any, tf_engine: Any, chunk: np.ndarray) -> dict:
 
     words, prompt = vllm_engine._aligner_text.encode_timestamp(random_words(60, 7), "English")
     mm = {"audio": chunk}
-    pooled = vllm_engine._run(lambda: vllm_engine._encode({"prompt": prompt,
-                                                           "multi_modal_data": mm}))
+    pooled = vllm_engine._run(lambda: vllm_engine._encode(
+        "probe-align", {"prompt": prompt, "multi_modal_data": mm}, 0))
     v_rows = pooled.outputs.data.float().cpu()
     aligner = tf_engine._model.forced_aligner
     inputs = aligner.processor(text=[prompt], audio=[chunk], return_tensors="pt", padding=True)
@@ -309,8 +357,8 @@ def agreement(vllm_engine: Any, tf_engine: Any, chunk: np.ndarray) -> dict:
 
     text = asr_prompt("", "English")
     out = vllm_engine._run(lambda: vllm_engine._generate(
-        {"prompt": text, "multi_modal_data": mm},
-        SamplingParams(temperature=0.0, max_tokens=1, logprobs=20, detokenize=False)))
+        "probe-asr", {"prompt": text, "multi_modal_data": mm},
+        SamplingParams(temperature=0.0, max_tokens=1, logprobs=20, detokenize=False), 0))
     v_top = out.outputs[0].logprobs[0]  # token id -> Logprob
     model = tf_engine._model
     asr_in = model.processor(text=[text], audio=[chunk], return_tensors="pt", padding=True)
@@ -337,6 +385,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--hour", type=float, default=3600.0, help="seconds of the long file")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--where", action="store_true", help="sample the threads' stacks in job phases")
     ap.add_argument("--smoke", action="store_true", help="CPU: stand-in vllm, tiny dims")
     ap.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--build-device", default="cuda", help=argparse.SUPPRESS)
@@ -395,7 +444,9 @@ def main() -> int:
     self_test_rc = run_self_test(settings, engine, startup)
     record("startup", {"ready_s": round(startup, 1), "fitness_s": round(fitness, 2),
                        "self_test": "passed" if self_test_rc == 0 else "FAILED",
-                       "device_gib": round(memory.used_gib(), 2)})
+                       "device_gib": round(memory.used_gib(), 2),
+                       "cuda_processes": memory.processes(),
+                       "frontend_processes": settings.vllm_frontend_processes})
 
     tokenizer = engine._tokenizer
     word_ids = sorted({i for w in WORDS for i in tokenizer(" " + w, add_special_tokens=False)["input_ids"]})
@@ -437,7 +488,8 @@ def main() -> int:
 
     def job_batch(conc: int) -> dict:
         memory.reset()
-        wall, took, outs = run_jobs(worker, jobs, conc)
+        with StackSampler() as where:
+            wall, took, outs = run_jobs(worker, jobs, conc)
         check_outputs(outs, f"jobs-{conc}")
         if not alone:
             alone.extend(took)
@@ -449,7 +501,8 @@ def main() -> int:
                 "p95_vs_alone": round(percentile(took, 0.95) / percentile(alone, 0.5), 2),
                 "asr_s_mean": round(float(np.mean([o["timings"]["asr"] for o in outs])), 3),
                 "align_s_mean": round(float(np.mean([o["timings"]["align"] for o in outs])), 3),
-                "peak_gib": round(memory.peak, 2)}
+                "peak_gib": round(memory.peak, 2),
+                "where": where.top() if args.where else []}
 
     def during() -> dict:
         """A short job sent 1 s after a 1 h job: continuous batching lets it in at once."""

@@ -74,7 +74,8 @@ def main() -> None:
     found["asr"] = {"architectures": model.architectures, "max_model_len": model.max_model_len,
                     "runner": model.runner_type, "dtype": str(model.dtype),
                     "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
-                    "max_num_seqs": config.scheduler_config.max_num_seqs}
+                    "max_num_seqs": config.scheduler_config.max_num_seqs,
+                    "policy": config.scheduler_config.policy}
     processor = InputProcessor(config)
     hf = AutoProcessor.from_pretrained(asr_dir, fix_mistral_regex=True)
     audio_id = hf.tokenizer.convert_tokens_to_ids("<|audio_pad|>")
@@ -148,7 +149,53 @@ def main() -> None:
         "same_ids_as_qwen_asr": request.prompt_token_ids == reference,
         "pooling_task": request.pooling_params.task,
         "step_tag_id": request.pooling_params.step_tag_id}
+    found["frontend"] = front_end(processor, config, params, al_proc, al_config, prompt)
     Path(out_path).write_text(json.dumps(found, indent=1))
+
+
+def front_end(processor, config, params, al_proc, al_config, al_prompt) -> dict:
+    """The worker's FrontEnd on the real package: two spawned processes (this script is their
+    main module, so the CPU platform is forced there too)."""
+    import torch
+    from vllm import PoolingParams
+
+    from qwen_worker.frontend import FrontEnd
+    from qwen_worker.prompts import asr_prompt
+
+    audio = np.random.default_rng(0).normal(0, 0.1, 30 * SR).astype(np.float32)
+    front = FrontEnd({"asr": config, "aligner": al_config}, 2)
+    found: dict = {"processes": front.processes}
+    try:
+        front.start()
+        for name, proc, prompt, p, tasks in [
+                ("asr", processor, asr_prompt("", "English"), params, ("generate",)),
+                ("aligner", al_proc, al_prompt, PoolingParams(task="token_classify"),
+                 ("token_classify",))]:
+            # Two at once: the two processes both count their audio items from 1.
+            futures = [front.prepare(name, f"{name}-{i}", prompt, audio) for i in (7, 8)]
+            prepared = [f.result() for f in futures]
+            made = [proc.process_inputs(f"{name}-{i}", x, p, supported_tasks=tasks, priority=30)
+                    for i, x in zip((7, 8), prepared)]
+            raw = proc.process_inputs("raw", {"prompt": prompt, "multi_modal_data":
+                                              {"audio": audio}}, p, supported_tasks=tasks)
+            feature, reference = made[0].mm_features[0], raw.mm_features[0]
+            found[name] = {
+                "same_prompt_token_ids": all(m.prompt_token_ids == raw.prompt_token_ids
+                                             for m in made),
+                "same_features": feature.mm_position == reference.mm_position and all(
+                    torch.equal(feature.data[k].data, reference.data[k].data)
+                    for k in reference.data),
+                "priority": made[0].priority,
+                "identifiers": [m.mm_features[0].identifier for m in made],
+                "raw_identifier": reference.identifier}
+        try:
+            front.prepare("asr", "bad", asr_prompt("", None), audio[:160]).result()
+            found["error"] = ""
+        except Exception as exc:  # vLLM's own refusal, carried back from the process
+            found["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        front.close()
+    return found
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_the_workers_engine_settings_make_real_engine_configs(real):
                            "max_model_len": settings.vllm_max_model_len, "runner": "generate",
                            "dtype": "torch.bfloat16",
                            "max_num_batched_tokens": settings.vllm_max_num_batched_tokens,
-                           "max_num_seqs": settings.vllm_max_num_seqs}
+                           "max_num_seqs": settings.vllm_max_num_seqs, "policy": "priority"}
     aligner = real["aligner"]
     assert aligner["architectures"] == ["Qwen3ASRForcedAlignerForTokenClassification"]
     assert aligner["runner"] == "pooling" and aligner["tok_pooling_type"] == "STEP"
@@ -75,6 +75,23 @@ def test_the_workers_prompts_are_processed_as_qwen_asr_builds_them(real):
     assert prompt["audio_tokens"] == 3510 and prompt["same_ids_as_qwen_asr"]
     assert prompt["pooling_task"] == "token_classify"
     assert prompt["step_tag_id"] == real["aligner"]["timestamp_token_id"]
+
+
+def test_the_front_end_processes_prepare_what_the_engine_would_have_made(real):
+    """frontend.FrontEnd: spawned processes, each with an InputProcessor built from the
+    engine's own (pickled) VllmConfig, prepare input that the engine's own input processing
+    accepts and turns into the same request as the raw prompt: same tokens, same audio
+    features, the call's priority; each audio named after its request, so two processes never
+    give two audios one name (the engine keys its encoder cache by it)."""
+    front = real["frontend"]
+    assert front["processes"] == 2
+    for engine in ("asr", "aligner"):
+        row = front[engine]
+        assert row["same_prompt_token_ids"] and row["same_features"], row
+        assert row["priority"] == 30
+        assert row["identifiers"] == [f"{engine}-7-audio-0", f"{engine}-8-audio-0"]
+        assert row["raw_identifier"].startswith("renderer0-mm-")  # the counter it replaces
+    assert front["error"].startswith("ValueError") and "Failed to apply" in front["error"]
 
 
 def test_a_control_token_in_a_raw_context_breaks_real_input_processing(real):
@@ -113,7 +130,7 @@ def test_the_stand_in_has_the_real_surface_and_refusals(real, model_dirs, monkey
 
         five_min = np.zeros(300 * SR, np.float32)
         assert refusal(asr_prompt("", None), [five_min]) == real["refusals"]["encoder_cache"]
-        engine.max_num_batched_tokens = 16384  # past the encoder check, to the length check
+        engine.input_processor.max_num_batched_tokens = 16384  # past the encoder check
         assert refusal(asr_prompt("word " * 400, None), [five_min]) == \
             real["refusals"]["max_model_len"]
         assert refusal(asr_prompt("", None), [np.zeros(SR, np.float32)] * 2) == \

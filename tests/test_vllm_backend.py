@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +44,32 @@ def fake_vllm(monkeypatch):
     assert vllm.__file__.startswith(STAND_INS)
     monkeypatch.setattr(vllm, "CREATED", [])
     monkeypatch.setattr(vllm, "ACTIVE", set())
+    import qwen_worker.vllm_engine as vllm_engine
+
+    fronts: list = []
+
+    class RecordedFrontEnd(vllm_engine.FrontEnd):  # closed after the test: no process left
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            fronts.append(self)
+
+    monkeypatch.setattr(vllm_engine, "FrontEnd", RecordedFrontEnd)
+    vllm.FRONTS = fronts
     yield vllm
+    for front in fronts:
+        front.close()
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         del sys.modules[name]
 
 
 def _settings(model_dirs, **env):
     return settings_for(model_dirs["english"], model_dirs["aligner"], ASR_BACKEND="vllm", **env)
+
+
+def _audio(request) -> np.ndarray:
+    """The waveform of a request that reached a stand-in engine (processed input)."""
+    (item,) = request["prompt"]["mm_kwargs"]["audio"]
+    return item["waveform"]
 
 
 def _engines(vllm):
@@ -82,8 +103,7 @@ def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, mode
     (warm_asr,) = asr.requests
     (warm_align,) = aligner.requests
     for request in (warm_asr, warm_align):
-        (audio,) = request["prompt"]["multi_modal_data"].values()
-        assert audio.shape == (300 * SECOND,)
+        assert _audio(request).shape == (300 * SECOND,)
     assert fake_vllm.ACTIVE == set()
     engine.close()
     assert asr.closed and aligner.closed
@@ -101,13 +121,12 @@ def test_each_chunk_is_one_request_with_qwen_asrs_prompt(fake_vllm, model_dirs):
     reference = engine_for(model_dirs["english"], model_dirs["aligner"])._model
     for request, chunk in zip(requests, t.chunks):
         assert request["prompt"]["prompt"] == reference._build_text_prompt("RunPod", "English")
-        (wav,) = request["prompt"]["multi_modal_data"].values()
-        assert wav.shape == (round((chunk.end - chunk.start) * SECOND),)
+        assert _audio(request).shape == (round((chunk.end - chunk.start) * SECOND),)
         params = request["params"]
         assert params.kwargs["temperature"] == 0.0 and params.kwargs["max_tokens"] == 1500
         assert params.kwargs["detokenize"] is False  # decoded once, from token_ids
     start = round(t.chunks[1].start * SECOND)
-    np.testing.assert_array_equal(requests[1]["prompt"]["multi_modal_data"]["audio"][:100],
+    np.testing.assert_array_equal(_audio(requests[1])[:100],
                                   audio[start:start + 100])
     assert t.text == " ".join(["Hello from the stand-in."] * len(t.chunks))
     assert t.language == "English"
@@ -368,7 +387,7 @@ def test_a_looping_chunk_is_retried_as_halves_through_vllm(fake_vllm, model_dirs
                         "language English<asr_text>Hello from the stand-in.")
     audio = media.samples_with_gaps(50.0, [25.0])
     t = transcribe_samples(audio, Options(), engine)
-    lengths = [len(r["prompt"]["multi_modal_data"]["audio"]) / SECOND for r in asr.requests[1:]]
+    lengths = [len(_audio(r)) / SECOND for r in asr.requests[1:]]
     assert lengths[0] == pytest.approx(50.0) and len(lengths) == 3  # the chunk, then its halves
     assert all(x < 30 for x in lengths[1:]) and sum(lengths[1:]) == pytest.approx(50.0)
     assert len(t.chunks) == 2 and "again" not in t.text
@@ -407,3 +426,76 @@ def test_control_tokens_in_a_context_never_reach_vllms_prompt(fake_vllm, model_d
     assert results["clean"].text == results["hostile"].text == "Hello from the stand-in."
     assert any("control tokens" in w for w in results["hostile"].warnings)
     assert not any("control tokens" in w for w in results["clean"].warnings)
+
+
+def test_input_processing_runs_in_front_end_processes_shortest_call_first(fake_vllm, model_dirs,
+                                                                         monkeypatch):
+    """vLLM's input processing happens in spawned processes (not in this process's event loop);
+    requests wait there lowest rank first (a call's audio seconds), and the engines get the
+    same rank as their priority: a 10 s call is prepared before the queued chunks of a long one
+    and goes ahead of them in the engine's queue."""
+    monkeypatch.setenv("VLLM_STAND_IN_PREPROCESS_SECONDS", "0.3")
+    engine = load_engine(_settings(model_dirs, VLLM_FRONTEND_PROCESSES="1"))
+    (front,) = fake_vllm.FRONTS
+    asr, aligner = _engines(fake_vllm)
+    assert asr.args["scheduling_policy"] == aligner.args["scheduling_policy"] == "priority"
+    pids = {p.pid for p in front._pool._processes.values()}
+    assert len(pids) == 1 and os.getpid() not in pids
+    long_chunks = [np.zeros(270 * SECOND, np.float32)] * 6
+    prepared: list[tuple[str, int]] = []
+    real_prepare = front.prepare
+
+    def recording(name, request_id, prompt, audio, rank=0):
+        future = real_prepare(name, request_id, prompt, audio, rank)
+        future.add_done_callback(lambda f: prepared.append((request_id, rank)))
+        return future
+
+    monkeypatch.setattr(front, "prepare", recording)
+    long_job = threading.Thread(target=engine.transcribe,
+                                args=(long_chunks, [None] * 6, [""] * 6))
+    long_job.start()
+    while not prepared:  # the long call's first chunk is being prepared or done
+        time.sleep(0.01)
+    engine.transcribe([np.zeros(10 * SECOND, np.float32)], [None], [""])
+    long_job.join(120)
+    order = [rank for _, rank in prepared]
+    assert order.count(10) == 1 and order.count(1620) == 6
+    assert order.index(10) <= 2  # ahead of at least four queued chunks of the long call
+    ranks = {r["request_id"]: r["priority"] for r in asr.requests[1:]}
+    assert sorted(ranks.values()) == [10] + [1620] * 6
+    assert fake_vllm.ACTIVE == set()
+
+
+def test_audio_items_are_named_after_their_requests_across_processes(fake_vllm, model_dirs):
+    """Each front-end process counts its audio items from 1; the engine keys its encoder cache
+    by their names (the stand-in engine dies on a name already in flight, as the real engine
+    core did). With two processes and many concurrent calls, no two names meet."""
+    engine = load_engine(_settings(model_dirs, VLLM_FRONTEND_PROCESSES="2"))
+    chunks = [np.zeros(20 * SECOND, np.float32)] * 4
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: engine.transcribe(chunks, [None] * 4, [""] * 4), range(4)))
+    assert all(o.text == "Hello from the stand-in." for out in outs for o in out)
+    asr, _ = _engines(fake_vllm)
+    names = [n for r in asr.requests for n in r["prompt"]["mm_hashes"]["audio"]]
+    assert len(names) == len(set(names)) == 1 + 16
+    assert all(n == f"{r['request_id']}-audio-0"
+               for r in asr.requests for n in r["prompt"]["mm_hashes"]["audio"])
+
+
+def test_a_dead_front_end_process_fails_jobs_with_refresh(fake_vllm, model_dirs, tmp_path):
+    """A front-end process killed (by the kernel's OOM killer, say) breaks the pool: that job
+    and every later one fail with refresh_worker, so RunPod replaces the worker."""
+    from qwen_worker.worker import Worker
+
+    settings = _settings(model_dirs, WORK_DIR=str(tmp_path / "jobs"))
+    worker = Worker(settings, load_engine(settings))
+    (front,) = fake_vllm.FRONTS
+    wav = media.make_audio(tmp_path / "clip.wav", 4.0, rate=16000).read_bytes()
+    job = {"id": "j", "input": {"audio_base64": base64.b64encode(wav).decode()}}
+    assert "error_code" not in worker.handle(job)
+    for process in front._pool._processes.values():
+        os.kill(process.pid, signal.SIGKILL)
+    out = worker.handle(job)
+    assert out["error_code"] == "ENGINE_ERROR" and out["refresh_worker"] is True
+    assert worker.handle(job)["refresh_worker"] is True
+    assert fake_vllm.ACTIVE == set()

@@ -50,6 +50,7 @@ class Settings:
     vllm_aligner_max_model_len: int
     vllm_aligner_max_num_seqs: int
     vllm_aligner_enforce_eager: bool
+    vllm_frontend_processes: int
     max_download_bytes: int
     max_base64_bytes: int
     max_audio_seconds: float
@@ -188,6 +189,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vllm_aligner_max_model_len=_int(env, "VLLM_ALIGNER_MAX_MODEL_LEN", 12288, 1024, 65536),
         vllm_aligner_max_num_seqs=_int(env, "VLLM_ALIGNER_MAX_NUM_SEQS", 16, 1, 1024),
         vllm_aligner_enforce_eager=_bool(env, "VLLM_ALIGNER_ENFORCE_EAGER", False),
+        # vLLM's input processing (audio features, tokens) in processes of its own: in this
+        # process it shared one event loop and the GIL with every job (frontend.py).
+        vllm_frontend_processes=_int(env, "VLLM_FRONTEND_PROCESSES",
+                                     min(8, max(1, _usable_cores() // 2)), 1, 64),
         max_download_bytes=_int(env, "MAX_DOWNLOAD_BYTES", 2 * 1024**3, 1, 1 << 40),
         max_base64_bytes=_int(env, "MAX_BASE64_BYTES", 20 * 1024**2, 1, 1 << 32),
         max_audio_seconds=_float(env, "MAX_AUDIO_SECONDS", 6 * 3600.0, 1.0, 1e7),

@@ -75,7 +75,8 @@ class Engine(Protocol):
 
 
 # Exception names and messages after which the GPU or the engine cannot be trusted again.
-_FATAL_NAMES = ("EngineDeadError", "OutOfMemoryError", "AcceleratorError")
+# BrokenProcessPool: a vLLM front-end process died (frontend.py); the pool cannot recover.
+_FATAL_NAMES = ("EngineDeadError", "OutOfMemoryError", "AcceleratorError", "BrokenProcessPool")
 _FATAL_TEXT = ("CUDA error", "CUDA out of memory", "cuDNN error", "CUBLAS_STATUS",
                "device-side assert", "NCCL error")
 

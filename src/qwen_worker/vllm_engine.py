@@ -5,9 +5,12 @@ the aligner runs as a pooling model (token classification with STEP pooling at `
 so only those rows come back: ALL pooling would ship ~109 MB of float32 per chunk). Every chunk
 is one request, and the requests of all running jobs join the batch the engine is running at
 its next step (continuous batching): no job waits for another job's call to end, and no
-gathering delay is added. One event-loop thread owns both engines; job threads call
-`transcribe` and `align` and wait for their own requests. Stopping a job (RunPod's cancel,
-SIGTERM) aborts its requests; a dead engine fails every later call (the worker is replaced).
+gathering delay is added. The engines schedule by priority, shorter calls first (a call's
+audio seconds): a 30 s job or a repair is not queued behind the chunks of an hour-long file.
+vLLM's input processing runs in a pool of processes (`frontend`); one event-loop thread owns
+both engines; job threads call `transcribe` and `align` and wait for their own requests.
+Stopping a job (RunPod's cancel, SIGTERM) aborts its requests; a dead engine or front end
+fails every later call (the worker is replaced).
 
 qwen-asr supplies the text side that vLLM lacks: output parsing and the aligner's word
 splitting (nagisa for Japanese, soynlp for Korean); `timestamps` repairs the aligner's times as
@@ -34,6 +37,7 @@ from .config import MAX_CHUNK_AUDIO_TOKENS, Settings
 from .decode import SAMPLE_RATE
 from .engine import (AlignedToken, AsrOutput, EngineError, is_fatal_gpu_error, padded,
                      read_asr_output)
+from .frontend import FrontEnd
 from .languages import ALIGNER_LANGUAGES
 from .lifecycle import wait_in_job
 from .model_files import StartupError
@@ -65,6 +69,7 @@ def asr_engine_args(settings: Settings, model: str) -> dict[str, Any]:
         # Audio never repeats: caching or prefix-hashing it only costs CPU and memory.
         "mm_processor_cache_gb": 0,
         "enable_prefix_caching": False,
+        "scheduling_policy": "priority",
         "disable_log_stats": True,
     }
 
@@ -88,8 +93,14 @@ def aligner_engine_args(settings: Settings, model: str, timestamp_token_id: int)
         "limit_mm_per_prompt": {"audio": 1},
         "mm_processor_cache_gb": 0,
         "enable_prefix_caching": False,
+        "scheduling_policy": "priority",
         "disable_log_stats": True,
     }
+
+
+def priority(chunks: Sequence[np.ndarray]) -> int:
+    """A call's place in the engines' queues: its audio seconds (lower runs first)."""
+    return int(sum(c.shape[0] for c in chunks) // SAMPLE_RATE)
 
 
 class AlignerConfig:
@@ -160,16 +171,17 @@ class VllmEngine:
     backend = "vllm"
     batches_itself = True
 
-    def __init__(self, asr: Any, aligner: Any, *, tokenizer: Any, aligner_config: AlignerConfig,
-                 asr_model: str, aligner_model: str, max_new_tokens: int,
-                 max_context_tokens: int, loop: _LoopThread | None = None):
+    def __init__(self, asr: Any, aligner: Any, *, front: FrontEnd, tokenizer: Any,
+                 aligner_config: AlignerConfig, asr_model: str, aligner_model: str,
+                 max_new_tokens: int, max_context_tokens: int, loop: _LoopThread | None = None):
         from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
 
         self._asr = asr
         self._aligner = aligner
+        self._front = front
         self._loop = loop or _LoopThread()
         self._tokenizer = tokenizer
-        self._local = threading.local()  # a tokenizer copy per job thread, for decoding
+        self._decode_lock = threading.Lock()
         self._contexts = ContextFitter(tokenizer, max_context_tokens)
         self._aligner_text = Qwen3ForceAlignProcessor()
         self._aligner_text_lock = threading.Lock()  # nagisa and soynlp keep state
@@ -194,10 +206,14 @@ class VllmEngine:
         """One request per chunk; languages and contexts are per chunk."""
         if isinstance(contexts, str) or len(contexts) != len(chunks):
             raise TypeError("contexts must be a list with one context per chunk")
-        requests = [({"prompt": asr_prompt(ctx, lang), "multi_modal_data": {"audio": padded(c)}},
-                     self._sampling(c.shape[0]))
-                    for c, lang, ctx in zip(chunks, languages, contexts)]
-        finals = self._run(lambda: _all([self._generate(p, sp) for p, sp in requests]))
+        ids = [f"asr-{next(self._ids)}" for _ in chunks]
+        rank = priority(chunks)
+        inputs = self._prepare("asr", ids, [asr_prompt(ctx, lang)
+                                            for lang, ctx in zip(languages, contexts)],
+                               chunks, rank)
+        params = [self._sampling(c.shape[0]) for c in chunks]
+        finals = self._run(lambda: _all([self._generate(i, p, sp, rank)
+                                         for i, p, sp in zip(ids, inputs, params)]))
         return [self._read(final, lang) for final, lang in zip(finals, languages)]
 
     def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
@@ -207,9 +223,12 @@ class VllmEngine:
             encoded = [self._aligner_text.encode_timestamp(t, lang)
                        for t, lang in zip(texts, languages)]
         todo = [i for i, (words, _) in enumerate(encoded) if words]
-        rows = self._run(lambda: _all([
-            self._encode({"prompt": encoded[i][1], "multi_modal_data": {"audio": padded(chunks[i])}})
-            for i in todo]))
+        ids = [f"align-{next(self._ids)}" for _ in todo]
+        rank = priority([chunks[i] for i in todo])
+        inputs = self._prepare("aligner", ids, [encoded[i][1] for i in todo],
+                               [chunks[i] for i in todo], rank)
+        rows = self._run(lambda: _all([self._encode(rid, inp, rank)
+                                       for rid, inp in zip(ids, inputs)]))
         out: list[list[AlignedToken]] = [[] for _ in chunks]
         for i, pooled in zip(todo, rows):
             out[i] = self._timestamps(encoded[i][0], pooled)
@@ -225,8 +244,8 @@ class VllmEngine:
         from vllm import SamplingParams
 
         short = SamplingParams(temperature=0.0, max_tokens=8, detokenize=False)
-        self._run(lambda: self._generate({"prompt": asr_prompt("", None),
-                                          "multi_modal_data": {"audio": audio}}, short))
+        (prepared,) = self._prepare("asr", ["warm-up"], [asr_prompt("", None)], [audio], 0)
+        self._run(lambda: self._generate("warm-up", prepared, short, 0))
         self.align([audio], [" ".join(["word"] * WARM_UP_WORDS)], ["English"])
 
     def close(self) -> None:
@@ -236,6 +255,7 @@ class VllmEngine:
                 engine.shutdown()
             except Exception:  # noqa: BLE001 - shutting down: nothing left to tell
                 log.debug("engine shutdown failed", exc_info=True)
+        self._front.close()
         self._loop.stop()
 
     # -- requests (the loop thread) --------------------------------------------------------
@@ -253,20 +273,37 @@ class VllmEngine:
             kwargs.update(self.sampling_overrides(samples))
         return SamplingParams(**kwargs)
 
-    async def _generate(self, prompt: dict[str, Any], params: Any) -> Any:
+    def _prepare(self, engine: str, ids: list[str], prompts: list[str],
+                 chunks: Sequence[np.ndarray], rank: int) -> list[dict[str, Any]]:
+        """vLLM's processed input for each request, made in the front-end processes (a job
+        thread waits, stoppable, without holding the GIL)."""
+        self._check_alive()
+        futures = [self._front.prepare(engine, rid, prompt, padded(chunk), rank)
+                   for rid, prompt, chunk in zip(ids, prompts, chunks)]
+        try:
+            return [wait_in_job(f, "the job's vLLM requests were dropped") for f in futures]
+        except Exception as exc:
+            self._note_fatal(exc)
+            raise
+        finally:
+            for future in futures:
+                future.cancel()  # those not yet started, when one failed or the job stopped
+
+    async def _generate(self, request_id: str, prompt: dict[str, Any], params: Any,
+                        rank: int) -> Any:
         final = None
-        async for output in self._asr.generate(prompt, params, f"asr-{next(self._ids)}"):
+        async for output in self._asr.generate(prompt, params, request_id, priority=rank):
             final = output
         if final is None or not final.finished:
             raise EngineError("the ASR engine ended a request without its output")
         return final
 
-    async def _encode(self, prompt: dict[str, Any]) -> Any:
+    async def _encode(self, request_id: str, prompt: dict[str, Any], rank: int) -> Any:
         from vllm import PoolingParams
 
         final = None
         params = PoolingParams(task="token_classify")
-        async for output in self._aligner.encode(prompt, params, f"align-{next(self._ids)}"):
+        async for output in self._aligner.encode(prompt, params, request_id, priority=rank):
             final = output
         if final is None or not final.finished:
             raise EngineError("the aligner engine ended a request without its output")
@@ -275,28 +312,33 @@ class VllmEngine:
     def _run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run work() on the engines' loop, waiting as the current job (stoppable). After a
         fatal error the dead engine is not called again."""
-        if self._fatal is not None:
-            raise RuntimeError("the vLLM engine failed earlier with a fatal error") \
-                from self._fatal
+        self._check_alive()
         try:
             return wait_in_job(self._loop.submit(work()), "the job's vLLM requests were aborted")
         except Exception as exc:
-            if is_fatal_gpu_error(exc) and self._fatal is None:
-                log.error("fatal engine error: failing this and every later job (%s)",
-                          type(exc).__name__)
-                self._fatal = exc
+            self._note_fatal(exc)
             raise
+
+    def _check_alive(self) -> None:
+        if self._fatal is not None:
+            raise RuntimeError("the vLLM engine failed earlier with a fatal error") \
+                from self._fatal
+
+    def _note_fatal(self, exc: BaseException) -> None:
+        if is_fatal_gpu_error(exc) and self._fatal is None:
+            log.error("fatal engine error: failing this and every later job (%s)",
+                      type(exc).__name__)
+            self._fatal = exc
 
     # -- outputs (job threads) -------------------------------------------------------------
 
     def _decode(self, token_ids: list[int]) -> str:
-        tokenizer = getattr(self._local, "tokenizer", None)
-        if tokenizer is None:  # a Rust tokenizer must not be shared between threads
-            import copy
-
-            tokenizer = self._local.tokenizer = copy.deepcopy(self._tokenizer)
-        return tokenizer.decode(token_ids, skip_special_tokens=True,
-                                clean_up_tokenization_spaces=False)
+        # One tokenizer, one call at a time (a Rust tokenizer is not to be used by two threads
+        # at once). A copy per job thread cost ~0.3 s of GIL-held deepcopy each: 48 new job
+        # threads serialised ~10 s of it in front of the H200 (BENCHMARKS.md).
+        with self._decode_lock:
+            return self._tokenizer.decode(token_ids, skip_special_tokens=True,
+                                          clean_up_tokenization_spaces=False)
 
     def _read(self, final: Any, forced: str | None) -> AsrOutput:
         completion = final.outputs[0]
@@ -330,13 +372,23 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
 
     aligner_config = AlignerConfig(aligner_path)
     asr = AsyncLLM.from_engine_args(AsyncEngineArgs(**asr_engine_args(settings, asr_path)))
+    aligner = front = None
     try:
         aligner = AsyncLLM.from_engine_args(AsyncEngineArgs(
             **aligner_engine_args(settings, aligner_path, aligner_config.timestamp_token_id)))
+        # The front end processes input with the engines' own configs.
+        front = FrontEnd({"asr": asr.vllm_config, "aligner": aligner.vllm_config},
+                         settings.vllm_frontend_processes)
+        front.start()
     except BaseException:
-        asr.shutdown()
+        if front is not None:
+            front.close()
+        for started in (aligner, asr):
+            if started is not None:
+                started.shutdown()
         raise
-    engine = VllmEngine(asr, aligner, tokenizer=AutoTokenizer.from_pretrained(asr_path),
+    engine = VllmEngine(asr, aligner, front=front,
+                        tokenizer=AutoTokenizer.from_pretrained(asr_path),
                         aligner_config=aligner_config, asr_model=settings.asr_model,
                         aligner_model=settings.aligner_model,
                         max_new_tokens=settings.max_new_tokens,
@@ -344,7 +396,8 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
     atexit.register(engine.close)
     check_native_classes()  # after qwen-asr's import (VllmEngine's) had its chance
     engine.warm_up()
-    log.info("loaded %s and %s on vLLM (AsyncLLM, ASR memory %.2f, aligner %.2f)",
-             settings.asr_model, settings.aligner_model, settings.vllm_gpu_memory_utilization,
-             settings.vllm_aligner_gpu_memory_utilization)
+    log.info("loaded %s and %s on vLLM (AsyncLLM, ASR memory %.2f, aligner %.2f, %d front-end "
+             "processes)", settings.asr_model, settings.aligner_model,
+             settings.vllm_gpu_memory_utilization, settings.vllm_aligner_gpu_memory_utilization,
+             settings.vllm_frontend_processes)
     return engine

@@ -13,6 +13,11 @@ class EngineArgs:
         for name in SURFACE["AsyncEngineArgs"]:
             setattr(self, name, kwargs.get(name))
 
+    def create_engine_config(self) -> Any:
+        from ..v1.engine.input_processor import VllmConfig
+
+        return VllmConfig(self.kwargs)
+
 
 class AsyncEngineArgs(EngineArgs):
     pass

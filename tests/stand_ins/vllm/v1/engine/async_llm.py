@@ -8,44 +8,16 @@ import math
 from pathlib import Path
 from typing import Any, AsyncGenerator
 
-import numpy as np
-
 from ...engine.arg_utils import AsyncEngineArgs
 from ...outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestOutput
 from .exceptions import EngineDeadError
-
-AUDIO_PLACEHOLDER = "<|audio_pad|>"
-SAMPLE_RATE = 16000
-HOP_LENGTH = 160  # WhisperFeatureExtractor: one mel frame per 160 samples
-MIN_SAMPLES = 161  # 160 samples or fewer fail in the HF processor
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048  # AsyncLLM's default (engine context)
-DEFAULT_MM_LIMIT = 999
-SEGMENT_SECONDS = 0.08  # the aligner's class width
-
-
-def audio_token_count(num_samples: int) -> int:
-    """Audio tokens for one `<|audio_pad|>`: qwen-asr's own formula over ceil(n / 160) mel
-    frames, as vLLM's processor computes it (30 s -> 390, 270 s -> 3510, 300 s -> 3900)."""
-    from qwen_asr.core.transformers_backend.processing_qwen3_asr import (
-        _get_feat_extract_output_lengths,
-    )
-
-    return int(_get_feat_extract_output_lengths(-(-int(num_samples) // HOP_LENGTH)))
-
-
-def _audios(prompt: dict[str, Any]) -> list[np.ndarray]:
-    items = (prompt.get("multi_modal_data") or {}).get("audio", [])
-    if isinstance(items, np.ndarray) and items.ndim == 2:
-        return list(items)
-    return list(items) if isinstance(items, (list, tuple)) else [items]
-
+from .input_processor import SAMPLE_RATE, SEGMENT_SECONDS, InputProcessor
 
 class AsyncLLM:
-    def __init__(self, args: dict[str, Any]):
-        from transformers import AutoTokenizer
-
+    def __init__(self, engine_args: AsyncEngineArgs):
         from ... import CREATED
 
+        args = engine_args.kwargs
         self.args = args
         self.model = args["model"]
         config = json.loads((Path(self.model) / "config.json").read_text())
@@ -60,61 +32,25 @@ class AsyncLLM:
                 raise ValueError("the stand-in aligner needs STEP pooling with a step_tag_id")
             self.step_tag_id = pooler.step_tag_id
             self.classify_num = int(thinker["classify_num"])
-        self.max_model_len = args.get("max_model_len") or int(
-            thinker["text_config"]["max_position_embeddings"])
-        self.max_num_batched_tokens = (args.get("max_num_batched_tokens")
-                                       or DEFAULT_MAX_NUM_BATCHED_TOKENS)
-        self.mm_limit = (args.get("limit_mm_per_prompt") or {}).get("audio", DEFAULT_MM_LIMIT)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model)
-        self.audio_token_id = self.tokenizer.convert_tokens_to_ids(AUDIO_PLACEHOLDER)
+        self.vllm_config = engine_args.create_engine_config()
+        self.input_processor = InputProcessor(self.vllm_config)
+        self.tokenizer = self.input_processor.tokenizer
+        self.max_model_len = self.input_processor.max_model_len
         self.requests: list[dict[str, Any]] = []  # what reached the engine, in order
         self.aborted: list[str] = []
         self.errored = False
         self.closed = False
         self._abort: set[str] = set()
+        self._in_flight: dict[str, str] = {}  # audio item name -> request id
         CREATED.append(self)
 
     @classmethod
     def from_engine_args(cls, engine_args: AsyncEngineArgs, start_engine_loop: bool = True,
                          usage_context: Any = None, stat_loggers: Any = None) -> "AsyncLLM":
-        return cls(engine_args.kwargs)
+        return cls(engine_args)
 
     def shutdown(self, timeout: float | None = None) -> None:
         self.closed = True
-
-    # -- input processing, as vllm 0.22.0's InputProcessor refuses ------------------------
-
-    def _process(self, prompt: Any) -> tuple[list[int], int]:
-        """(prompt token ids with the audio expanded, audio samples) or the real error."""
-        if not isinstance(prompt, dict) or not isinstance(prompt.get("prompt"), str):
-            raise TypeError(f"the vllm stand-in takes {{'prompt': str, ...}} prompts, got {prompt!r}")
-        audios = _audios(prompt)
-        if len(audios) > self.mm_limit:
-            raise ValueError(f"At most {self.mm_limit} audio(s) may be provided in one prompt.")
-        raw = self.tokenizer(prompt["prompt"])["input_ids"]
-        if any(a.ndim != 1 or a.shape[0] < MIN_SAMPLES for a in audios) or \
-                raw.count(self.audio_token_id) != len(audios):
-            raise ValueError(f"Failed to apply Qwen3ASRProcessor on data={{'text': "
-                             f"{prompt['prompt']!r}, 'audio': [...]}} with kwargs={{...}}")
-        pending = [audio_token_count(a.shape[0]) for a in audios]
-        for n in pending:
-            if n > self.max_num_batched_tokens:
-                raise ValueError(
-                    f"The decoder prompt contains a(n) audio item with {n} embedding tokens, which "
-                    f"exceeds the pre-allocated encoder cache size {self.max_num_batched_tokens}. "
-                    "Please reduce the input size or increase the encoder cache size by setting "
-                    "--limit-mm-per-prompt at startup.")
-        ids: list[int] = []
-        for token in raw:
-            ids.extend([token] * pending.pop(0) if token == self.audio_token_id else [token])
-        if len(ids) > self.max_model_len:
-            raise ValueError(
-                f"The decoder prompt (length {len(ids)}) is longer than the maximum model length "
-                f"of {self.max_model_len}. Make sure that `max_model_len` is no smaller than the "
-                "number of text tokens plus multimodal tokens. For image inputs, the number of "
-                "image tokens depends on the number of images, and possibly their aspect ratios "
-                "as well.")
-        return ids, sum(a.shape[0] for a in audios)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -138,32 +74,49 @@ class AsyncLLM:
         if self.errored:
             raise EngineDeadError()
 
-    def _admit(self, request_id: str, prompt: dict, params: Any) -> tuple[list[int], int]:
+    def _admit(self, request_id: str, prompt: dict, params: Any,
+               priority: int) -> tuple[list[int], int]:
+        """Raw prompts are processed here, as the real AsyncLLM does; processed input (a dict
+        with "type") is checked again, as the real one checks it."""
         from ... import ACTIVE
 
         if self.errored:
             raise EngineDeadError()
-        ids, samples = self._process(prompt)
+        if isinstance(prompt, dict) and "type" in prompt:
+            processed = prompt
+            self.input_processor.validate(processed)
+        else:
+            processed = self.input_processor.preprocess(prompt)
         if request_id in ACTIVE:
             raise ValueError(f"Request id {request_id} already running.")
-        self.requests.append({"request_id": request_id, "prompt": prompt, "params": params,
-                              "prompt_token_ids": ids})
+        names = [n for items in processed["mm_hashes"].values() for n in items]
+        if any(n in self._in_flight for n in names):
+            # The engine keys its encoder cache by these names: two audios under one name mix
+            # their placeholders, and the real engine core died of it.
+            self.errored = True
+            raise EngineDeadError()
+        self._in_flight.update(dict.fromkeys(names, request_id))
+        ids = processed["prompt_token_ids"]
+        self.requests.append({"request_id": request_id, "prompt": processed, "params": params,
+                              "prompt_token_ids": ids, "priority": priority})
         ACTIVE.add(request_id)
-        return ids, samples
+        return ids, sum(item["waveform"].shape[0] for item in processed["mm_kwargs"].get("audio", []))
 
     def _release(self, request_id: str, aborted: bool) -> None:
         from ... import ACTIVE
 
+        for name in [n for n, rid in self._in_flight.items() if rid == request_id]:
+            del self._in_flight[name]
         ACTIVE.discard(request_id)
         self._abort.discard(request_id)
         if aborted:
             self.aborted.append(request_id)
 
-    async def generate(self, prompt: Any, sampling_params: Any, request_id: str,
-                       **kwargs: Any) -> AsyncGenerator[RequestOutput, None]:
+    async def generate(self, prompt: Any, sampling_params: Any, request_id: str, *,
+                       priority: int = 0, **kwargs: Any) -> AsyncGenerator[RequestOutput, None]:
         if self.pooling:
             raise ValueError("generate is not supported by this pooling model")
-        ids, samples = self._admit(request_id, prompt, sampling_params)
+        ids, samples = self._admit(request_id, prompt, sampling_params, priority)
         done = False
         try:
             reply = self._reply(samples, sampling_params, prompt["prompt"])
@@ -201,13 +154,14 @@ class AsyncLLM:
         return reply + [self.tokenizer.eos_token_id]
 
     async def encode(self, prompt: Any, pooling_params: Any, request_id: str,
+                     lora_request: Any = None, trace_headers: Any = None, priority: int = 0,
                      **kwargs: Any) -> AsyncGenerator[PoolingRequestOutput, None]:
         if not self.pooling:
             raise ValueError("encode needs a pooling model (runner='pooling')")
         if pooling_params.task != "token_classify":
             raise ValueError(f"Unsupported task: {pooling_params.task!r} Supported tasks: "
                              "('token_classify',)")
-        ids, samples = self._admit(request_id, prompt, pooling_params)
+        ids, samples = self._admit(request_id, prompt, pooling_params, priority)
         done = False
         try:
             await self._steps(request_id, 1)

@@ -1,0 +1,132 @@
+"""vLLM's input processing, in processes of its own: the front end of the GPU engine.
+
+Before a chunk can join vLLM's running batch, vLLM's input processing turns its prompt and
+audio into engine input: prompt tokens with the audio placeholder expanded, and the audio's
+mel features. That is CPU work (~0.3 s for a 270 s chunk, torch held to one thread), and
+`AsyncLLM` does it inline, on the one event loop that owns the engine, under this process's
+GIL, one request at a time while every job thread competes for the same GIL. On an H200 it
+made a job wait 8.5 s of 12.9 s at 64 jobs while the GPU needed ~1.5 s (BENCHMARKS.md).
+
+Here a pool of spawned processes, each with its own `InputProcessor` built from the engine's
+own `VllmConfig`, prepares the input, and the engine receives it ready (`AsyncLLM` accepts
+processed input, checking it as it checks a raw prompt). Each process has its own vLLM
+renderer: no state is shared (eight preprocessors in threads of one process had corrupted each
+other's audio placeholders and killed the engine).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import multiprocessing
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+# In each pool process: engine name -> its InputProcessor, or the start-up failure.
+_PROCESSORS: dict[str, Any] = {}
+_START_ERROR: list[BaseException] = []
+
+
+def _start(configs: dict[str, Any]) -> None:
+    """Pool initializer. A failure is kept and raised by every task, with its message (a
+    raising initializer only breaks the pool, its reason lost in the process's stderr)."""
+    try:
+        from vllm.v1.engine.input_processor import InputProcessor
+
+        for name, config in configs.items():
+            _PROCESSORS[name] = InputProcessor(config)
+    except Exception as exc:  # noqa: BLE001 - reported by each task
+        _START_ERROR.append(exc)
+
+
+def _ping() -> bool:
+    if _START_ERROR:
+        raise RuntimeError(f"vLLM's input processing failed to start: {_START_ERROR[0]!r}")
+    return True
+
+
+def _prepare(name: str, request_id: str, prompt: str, audio: np.ndarray) -> dict[str, Any]:
+    """vLLM's processed input for one prompt with one audio (vLLM's own errors propagate)."""
+    _ping()
+    engine_input = _PROCESSORS[name].input_preprocessor.preprocess(
+        {"prompt": prompt, "multi_modal_data": {"audio": audio}})
+    # With both of its caches off, vLLM names an audio item after a counter of its renderer
+    # ("renderer0-mm-7-audio-0"). Every process counts from 1, and the engine keys its encoder
+    # cache by these names: name each item after its request, which is unique.
+    engine_input["mm_hashes"] = {
+        modality: [f"{request_id}-{modality}-{i}" for i in range(len(items))]
+        for modality, items in engine_input["mm_hashes"].items()}
+    return engine_input
+
+
+class FrontEnd:
+    """A pool of `processes` input-processing processes for the named engines' configs.
+
+    Requests wait here, lowest rank first (the engines' priority: a call's audio seconds),
+    and only as many as there are processes are handed to the pool at a time: a 30 s job is
+    prepared next, not after the queued chunks of an hour-long file."""
+
+    def __init__(self, configs: dict[str, Any], processes: int):
+        # Spawn: a fresh interpreter, nothing of this process's threads or locks.
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start, initargs=(configs,))
+        self.processes = processes
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, int, Future, tuple]] = []  # a heap
+        self._order = itertools.count()
+        self._running = 0
+
+    def start(self) -> None:
+        """Start every process now (the pool starts one per task that finds none idle), so
+        that no job pays for a start-up; raise their start-up failure, if any."""
+        for future in [self._pool.submit(_ping) for _ in range(self.processes)]:
+            future.result()
+
+    def prepare(self, name: str, request_id: str, prompt: str, audio: np.ndarray,
+                rank: int = 0) -> "Future[dict[str, Any]]":
+        """The engine input for one request. Cancelling the future drops a request still
+        waiting. A process that dies (killed for memory, say) breaks the pool: this and every
+        later call fail with BrokenProcessPool."""
+        future: Future[dict[str, Any]] = Future()
+        with self._lock:
+            heapq.heappush(self._waiting, (rank, next(self._order), future,
+                                           (name, request_id, prompt, audio)))
+        self._dispatch()
+        return future
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._lock:
+                if self._running >= self.processes or not self._waiting:
+                    return
+                _, _, future, args = heapq.heappop(self._waiting)
+                if not future.set_running_or_notify_cancel():
+                    continue  # its job stopped while it waited
+                self._running += 1
+            try:
+                task = self._pool.submit(_prepare, *args)
+            except Exception as exc:  # noqa: BLE001 - a broken or closed pool: this request fails
+                self._finished(future, None, exc)
+                continue
+            task.add_done_callback(lambda t, f=future: self._finished(f, t, None))
+
+    def _finished(self, future: Future, task: "Future | None", error: Exception | None) -> None:
+        with self._lock:
+            self._running -= 1
+        if task is not None:
+            error = task.exception()
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(task.result())  # type: ignore[union-attr]
+        self._dispatch()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for _, _, future, _ in waiting:
+            future.cancel()
