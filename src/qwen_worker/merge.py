@@ -6,9 +6,10 @@ the aligner normalised), and `subtitles.build_segments` cuts cues.
 
 Integrity, for every result: the segments' texts, concatenated, equal `text` up to whitespace
 (every chunk with text is in the segments, aligned or not); `words` holds every word of every
-chunk that went through the aligner, in order. Where there is no aligner time (a language the
-aligner lacks, a word it missed, a chunk it returned nothing for), times are estimated from
-character counts and `warnings` says so.
+chunk that went through the aligner, in order, and each word's `space` (the whitespace before
+it) joined with it rebuilds those chunks' text exactly. Where there is no aligner time (a
+language the aligner lacks, a word it missed, a chunk it returned nothing for), times are
+estimated from character counts at the chunk's own pace, and `warnings` says so.
 """
 
 from __future__ import annotations

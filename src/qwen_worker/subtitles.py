@@ -396,11 +396,12 @@ def group_words(words: Sequence[Word], options: SubtitleOptions) -> list[list[Wo
 def build_segments(words: Sequence[Word], options: SubtitleOptions = SubtitleOptions(),
                    until: float | None = None) -> list[Segment]:
     """Cues over the words. Cue times: first start to last end, so a cue never ends before its
-    words do (`group_words` cuts cues to `max_cue_seconds` by their words' times: only a word that
-    alone lasts longer, or words with no place to cut between them, make a longer cue); cut to the next cue's start (no overlap: words that do not
-    overlap, as `merge_chunks` gives them, are never cut by it); stretched to `min_cue_seconds`
-    where the next cue (or `until`, the end of the audio) leaves room. Untimed words (text spread
-    over a chunk) hold a cue open for at most `max_cue_seconds`."""
+    words do (`group_words` cuts cues to `max_cue_seconds` by their words' times: only a word
+    that alone lasts longer, or words with no place to cut between them, make a longer cue);
+    cut to the next cue's start (no overlap: words that do not overlap, as `merge_chunks` gives
+    them, are never cut by it); stretched to `min_cue_seconds` where the next cue (or `until`,
+    the end of the audio) leaves room. Untimed words (text spread over a chunk) hold a cue open
+    for at most `max_cue_seconds`."""
     groups = group_words(words, options)
     segments: list[Segment] = []
     for i, group in enumerate(groups):
