@@ -47,8 +47,20 @@ def test_loopback_allowance_opens_loopback_only(loopback_allowed):
 
 def test_guard_on_refuses_loopback_url(audio_host, tmp_path):
     url = audio_host.file("/a.mp3", BODY)
-    assert _code(lambda: fetch_url(url, tmp_path, FAST)) is ErrorCode.URL_NOT_ALLOWED
+    with pytest.raises(WorkerError) as err:
+        fetch_url(url, tmp_path, FAST)
+    assert err.value.code is ErrorCode.URL_NOT_ALLOWED
+    # Someone testing locally learns the one setting that lets the worker fetch it.
+    assert "DOWNLOAD_ALLOW_LOOPBACK=true" in str(err.value)
     assert audio_host.hits == {}  # refused before connecting
+
+
+def test_a_private_address_is_refused_without_the_loopback_hint(audio_host, tmp_path):
+    # Refused by address before any connection (netguard would stop one anyway).
+    with pytest.raises(WorkerError) as err:
+        fetch_url("http://10.0.0.1:9/a.mp3", tmp_path, FAST)
+    assert err.value.code is ErrorCode.URL_NOT_ALLOWED
+    assert "DOWNLOAD_ALLOW_LOOPBACK" not in str(err.value)
 
 
 def test_guard_on_refuses_ipv6_loopback(tmp_path):

@@ -102,14 +102,27 @@ def check_integrity(t: Transcript, texts: list[str], languages: list[str],
     expected = "".join(x for x, lang, a in zip(texts, languages, aligned)
                        if x and a and spoken(x, lang))
     assert squash("".join(w.word for w in t.words)) == squash(expected)
-    # 3. Times: words non-decreasing inside the audio; cues ordered, no overlap, within limits.
+    # 2b. Joined with their spacing, the words are the text exactly: all of it when every chunk
+    # with text is in `words`, else the text without the chunks that are not (and their space).
+    assert rebuild(t) == text_of_words(texts, languages, aligned)
+    if all(a and spoken(x, lang) for x, lang, a in zip(texts, languages, aligned) if x):
+        assert rebuild(t) == t.text
+    # 3. Times: words non-decreasing and apart, inside the audio; cues ordered, no overlap,
+    # within limits, and none ends before a word in it does.
     starts = [w.start for w in t.words]
     assert starts == sorted(starts)
     assert all(0 <= w.start <= w.end <= t.duration for w in t.words)
+    assert all(a.end <= b.start for a, b in zip(t.words, t.words[1:]))
+    cues = cues_of_words(t, texts, languages, aligned)
+    for w, (first, last) in zip(t.words, cues):
+        assert first.start <= w.start and w.end <= last.end, (w, first, last)
     for i, s in enumerate(t.segments):
         assert s.id == i and s.text and s.text == " ".join(s.text.split())
         assert 0 <= s.start <= s.end <= t.duration
-        assert s.end - s.start <= options.max_cue_seconds + 1e-6
+        # Longer than the limit only to last as long as the words in it.
+        inside = [w for w, (first, last) in zip(t.words, cues) if s in (first, last)]
+        assert (s.end - s.start <= options.max_cue_seconds + 1e-6
+                or s.end <= max(w.end for w in inside) + 1e-6), (s, inside)
         following = t.segments[i + 1].start if i + 1 < len(t.segments) else t.duration
         assert s.end <= following + 1e-6
         assert (s.end - s.start >= options.min_cue_seconds - 1e-6
@@ -123,6 +136,60 @@ def check_integrity(t: Transcript, texts: list[str], languages: list[str],
     if any(x.strip() and not a for x, a in zip(texts, aligned)) or any(
             w.estimated for w in t.words):
         assert any("estimated" in w for w in t.warnings), t.warnings
+
+
+def rebuild(t: Transcript) -> str:
+    """What a tool consuming `words` rebuilds, as README's output section says."""
+    return "".join(w["space"] + w["word"] for w in t.to_dict()["words"])
+
+
+def joiner(previous: str | None, language: str) -> str:
+    unspaced = {"Chinese", "Cantonese", "Japanese", "Thai"}
+    return "" if previous is None or {previous, language} <= unspaced else " "
+
+
+def text_of_words(texts: list[str], languages: list[str], aligned: list[bool]) -> str:
+    """The text of the chunks that are in `words`, each after the space that joins it in
+    `text`."""
+    out, previous = "", None
+    for x, lang, a in zip(texts, languages, aligned):
+        if x:
+            if a and spoken(x, lang):
+                out += joiner(previous, lang) + x
+            previous = lang
+    return out
+
+
+def cues_of_words(t: Transcript, texts: list[str], languages: list[str],
+                  aligned: list[bool]) -> list[tuple]:
+    """For each word, the cues that hold its first and its last character (a word longer than
+    a cue is split across cues)."""
+    ends, total = [], 0  # each cue's end in the text without spaces
+    for s in t.segments:
+        total += len(squash(s.text))
+        ends.append(total)
+
+    def cue_at(pos: int):
+        return t.segments[next(k for k, e in enumerate(ends) if pos < e)]
+
+    starts, pos = [], 0  # each word's start in the text without spaces
+    for x, lang, a in zip(texts, languages, aligned):
+        if x and a and spoken(x, lang):
+            starts.append(pos)
+        pos += len(squash(x))
+    out, k, pos = [], -1, 0
+    chunk_starts = iter(starts)
+    expected = [x for x, lang, a in zip(texts, languages, aligned) if x and a and spoken(x, lang)]
+    remaining = 0
+    for w in t.words:
+        if remaining == 0:
+            k += 1
+            pos, remaining = next(chunk_starts), len(squash(expected[k]))
+        size = len(squash(w.word))
+        out.append((cue_at(pos), cue_at(pos + size - 1)))
+        pos += size
+        remaining -= size
+    return out
 
 
 def check_cuts(text: str, cues: list[str], options: SubtitleOptions) -> None:
@@ -314,3 +381,31 @@ def test_korean_cues_and_lines_break_only_between_words():
 def test_opening_marks_go_right_and_closing_marks_stay_left(text, language, words):
     t = merged([(text, language, True)])
     assert [w.word for w in t.words] == words
+
+
+@pytest.mark.parametrize("text,language,words", [
+    ("Please call +1 555 now.", "English", ["Please", "call", "+1", "555", "now."]),
+    ("We ship .NET and <tags> with #hashtag for @name at ~5 or −3 and -2.", "English",
+     ["We", "ship", ".NET", "and", "<tags>", "with", "#hashtag", "for", "@name", "at", "~5",
+      "or", "−3", "and", "-2."]),
+    ("C++ is fine, e.g. +5%.", "English", ["C++", "is", "fine,", "e.g.", "+5%."]),
+    ("Il a dit « +3 » hier.", "French", ["Il", "a", "dit", "« +3 »", "hier."]),
+])
+def test_a_leading_mark_stays_with_the_word_it_precedes(text, language, words):
+    t = merged([(text, language, True)])
+    assert [w.word for w in t.words] == words
+    for s in t.segments:  # no cue reads "+ 1" or ". NET": cues split where the text has spaces
+        assert all(piece in text.split() for piece in s.text.split()), s.text
+    assert rebuild(t) == text
+
+
+@pytest.mark.parametrize("parts", [
+    [("Hello  there.", "English", True), ("你好，世界 iPhone 好。", "Chinese", True),
+     ("再见。", "Chinese", True), ("Bye.", "English", True)],
+    [("ＡＢＣ１２３です。", "Japanese", True), ("오늘 학교에 모여", "Korean", True)],
+])
+def test_words_and_their_spaces_are_the_text(parts):
+    t = merged(parts)
+    assert rebuild(t) == t.text
+    out = t.to_dict()["words"]
+    assert out[0]["space"] == "" and all(set(w["space"]) <= {" "} for w in out)

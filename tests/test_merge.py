@@ -6,7 +6,8 @@ import numpy as np
 
 from qwen_worker.chunking import Chunk
 from qwen_worker.engine import AlignedToken, AsrOutput
-from qwen_worker.merge import Word, align_words, build_segments, merge_chunks
+from qwen_worker.merge import (SLOWEST_SECONDS_PER_CHAR, Word, align_words,
+                               build_segments, merge_chunks)
 
 
 def _out(text: str, language: str = "English") -> AsrOutput:
@@ -127,9 +128,41 @@ def test_units_out_of_step_with_the_text_time_only_the_words_they_spell():
 def test_missed_words_are_timed_between_their_placed_neighbours():
     units = [AlignedToken("one", 1.0, 1.5), AlignedToken("four", 5.0, 5.5)]
     words = align_words("one two sixty four", units, "English", 10.0).words
-    # 3.5 s between "one" and "four", shared 3:5 by characters
-    assert [(w.word, w.start, w.end) for w in words] == [
-        ("one", 1.0, 1.5), ("two", 1.5, 2.8125), ("sixty", 2.8125, 5.0), ("four", 5.0, 5.5)]
+    # 3.5 s between "one" and "four", shared 3:5 by characters; each lasts as long as the
+    # chunk's placed words take per character (0.5 s for 3: 1/6 s each), not its whole share
+    assert [(w.word, w.start, round(w.end, 4)) for w in words] == [
+        ("one", 1.0, 1.5), ("two", 1.5, 2.0), ("sixty", 2.8125, 3.6458), ("four", 5.0, 5.5)]
+
+
+def test_an_estimated_word_lasts_as_long_as_the_chunk_speaks_it():
+    # The aligner stopped early in a 30 s chunk: the missed last word used to last until the
+    # end of the chunk (27 s), and its cue ended 7 s in, long before the word did.
+    units = _tokens(["He", "said", "that", "a"])  # 0.4 s each: 0.2, 0.1, 0.1 s a letter
+    t = merge_chunks(_chunks(30.0), [_out("He said that apple.")], [units], 30.0, [])
+    apple = t.words[-1]
+    assert (apple.word, apple.estimated) == ("apple.", True)
+    assert apple.start == t.words[2].end == 1.4
+    assert apple.end == 1.9  # 5 letters at the chunk's median pace
+    assert t.segments[-1].end >= apple.end
+    # Before the first placed word: it ends where that word starts.
+    units = [AlignedToken("fine", 20.0, 20.4)]
+    first = align_words("So fine.", units, "English", 30.0).words[0]
+    assert (first.word, first.estimated, first.end) == ("So", True, 20.0)
+    assert first.start == 20.0 - 2 * 0.1
+    # Nothing placed at all: spread over the chunk, each at most SLOWEST_SECONDS_PER_CHAR long.
+    lone = align_words("Yes.", [], "English", 270.0).words
+    assert lone[0].start == 0.0 and lone[0].end == 3 * SLOWEST_SECONDS_PER_CHAR
+
+
+def test_every_cue_lasts_until_its_last_word_ends():
+    units = _tokens(["Hello", "there", "this", "is", "it"])
+    units[-1] = AlignedToken("it", 2.0, 9.5)  # the aligner stretched a word over a pause
+    t = merge_chunks(_chunks(30.0, 30.0), [_out("Hello there, this is it."), _out("Next.")],
+                     [units, _tokens(["Next"])], 60.0, [])
+    # "it" alone lasts longer than max_cue_seconds (7): its cue lasts as long as it does
+    assert [(s.text, s.start, s.end) for s in t.segments] == [
+        ("Hello there,", 0.0, 0.9), ("this is", 1.0, 1.9), ("it.", 2.0, 9.5),
+        ("Next.", 30.0, 30.8)]
 
 
 def test_a_chunk_without_units_is_spread_over_the_chunk_by_characters():

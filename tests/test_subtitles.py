@@ -79,7 +79,7 @@ def test_cjk_width_follows_the_requested_width():
 # ---- sentences ----------------------------------------------------------------------------
 
 def _w(text: str, space: bool = True) -> Word:
-    return Word(text, 0.0, 0.1, space_before=space)
+    return Word(text, 0.0, 0.1, space=" " if space else "")
 
 
 @pytest.mark.parametrize("word,following,ends", [
@@ -114,12 +114,20 @@ def test_a_short_cue_lasts_at_least_the_minimum_where_the_next_allows():
     assert [(s.start, s.end) for s in segs] == [(1.0, 1.5), (1.5, 2.3), (5.0, 5.8)]
 
 
-def test_a_cue_never_passes_the_longest_duration_or_the_next_cue():
+def test_a_cue_never_ends_before_its_words_nor_overlaps_the_next():
+    # A word that alone outlasts max_cue_seconds keeps its cue open: a cue that ended at 7 s
+    # would leave the word it shows without a cue for the rest of it.
+    one = build_segments([Word("stuck", 0.0, 30.0)], SubtitleOptions(max_cue_seconds=3))
+    assert (one[0].start, one[0].end) == (0.0, 30.0)
+    # Words that overlap (merge_chunks never gives such): no overlap between cues wins.
     words = [Word("stuck", 0.0, 30.0), Word("next.", 10.0, 10.5)]
     segs = build_segments(words, DEFAULT, until=60.0)
-    assert segs[0].end == 7.0 and segs[1].start == 10.0
-    one = build_segments([Word("stuck", 0.0, 30.0)], SubtitleOptions(max_cue_seconds=3))
-    assert one[0].end == 3.0
+    assert segs[0].end == 10.0 and segs[1].start == 10.0
+    # Words that only span more than max_cue_seconds together are cut into cues that keep it.
+    words = [Word("one", 0.0, 3.0), Word("two", 3.0, 6.0), Word("three.", 6.0, 9.0)]
+    segs = build_segments(words, DEFAULT, until=60.0)
+    assert [(s.text, s.start, s.end) for s in segs] == [("one two", 0.0, 6.0),
+                                                        ("three.", 6.0, 9.0)]
 
 
 def test_a_long_sentence_is_cut_at_a_clause_not_mid_phrase():

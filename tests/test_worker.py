@@ -4,6 +4,8 @@ real ffmpeg and the real qwen-asr code running tiny generated models."""
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 
 import pytest
 
@@ -56,8 +58,9 @@ def test_transcribes_each_format(server, files, jobs_dir, fmt):
 def test_base64_input(server, tmp_path, jobs_dir):
     raw = media.make_audio(tmp_path / "b.ogg", 5.0).read_bytes()
     out = _ok(server.runsync({"audio_base64": base64.b64encode(raw).decode(),
-                              "word_timestamps": False}))
-    assert out["text"] == ENGLISH and out["words"] == []
+                              "word_timestamps": False, "formats": ["txt"]}))
+    assert out["text"] == ENGLISH and out["words"] == []  # README: `"words": []`
+    assert out["txt"] == ENGLISH + "\n"
     assert "srt" not in out
     assert list(jobs_dir.iterdir()) == []
 
@@ -92,3 +95,23 @@ def test_test_input_mode_with_the_guard_on_refuses_loopback(model_dirs, files, t
     done = run_test_input(env, {"input": {"audio_url": files["mp3"]}})
     assert done.returncode == 1
     assert "URL_NOT_ALLOWED" in done.stdout + done.stderr
+
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def test_the_offline_sample_is_a_few_seconds_of_audio_in_a_job(server, jobs_dir):
+    job = json.loads((SAMPLES / "sample_input.json").read_text())
+    raw = base64.b64decode(job["input"]["audio_base64"])
+    assert raw == (SAMPLES / "sample.ogg").read_bytes() and len(raw) < 20_000
+    out = _ok(server.runsync(job["input"]))
+    assert 3.0 < out["duration"] < 8.0 and out["text"] == ENGLISH
+    assert out["srt"].startswith("1\n00:00:00,000 --> ") and out["vtt"].startswith("WEBVTT")
+
+
+def test_readme_quickstart_runs_the_offline_sample(model_dirs, tmp_path):
+    # README: python src/handler.py --test_input "$(cat samples/sample_input.json)"
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], tmp_path)
+    done = run_test_input(env, json.loads((SAMPLES / "sample_input.json").read_text()))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ENGLISH in done.stdout and "00:00:00,000 -->" in done.stdout

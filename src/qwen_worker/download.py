@@ -148,15 +148,27 @@ def _shut_socket(response: requests.Response) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def _refusal(message: str, policy: DownloadPolicy) -> WorkerError:
     """Sort runpod's one SSRFError into our codes by its message."""
     if "size cap" in message:
         return WorkerError(ErrorCode.AUDIO_TOO_LARGE,
                            f"the audio is larger than the {policy.max_bytes}-byte download limit")
     if "non-public address" in message:
+        hint = ""
+        if _is_loopback(message.rsplit(" ", 1)[-1]):
+            # Someone testing with a file server on the worker's own machine.
+            hint = ("; to test against a server on the worker's own machine, start the worker "
+                    "with DOWNLOAD_ALLOW_LOOPBACK=true (accepts 127.0.0.0/8 and ::1 only)")
         return WorkerError(ErrorCode.URL_NOT_ALLOWED,
                            "audio_url leads to a private, loopback or link-local address "
-                           "(directly or by redirect)")
+                           "(directly or by redirect)" + hint)
     if "scheme" in message or "no host" in message:
         return WorkerError(ErrorCode.URL_NOT_ALLOWED, "audio_url (or a redirect) is not an "
                            "http(s) URL with a host")

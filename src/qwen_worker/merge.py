@@ -6,9 +6,10 @@ the aligner normalised), and `subtitles.build_segments` cuts cues.
 
 Integrity, for every result: the segments' texts, concatenated, equal `text` up to whitespace
 (every chunk with text is in the segments, aligned or not); `words` holds every word of every
-chunk that went through the aligner, in order. Where there is no aligner time (a language the
-aligner lacks, a word it missed, a chunk it returned nothing for), times are estimated from
-character counts and `warnings` says so.
+chunk that went through the aligner, in order, and each word's `space` (the whitespace before
+it) joined with it rebuilds those chunks' text exactly. Where there is no aligner time (a
+language the aligner lacks, a word it missed, a chunk it returned nothing for), times are
+estimated from character counts at the chunk's own pace, and `warnings` says so.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Transcript:
             "language": self.language,
             "languages": list(self.languages),
             "duration": self.duration,
-            "words": [{"word": w.word, "start": w.start, "end": w.end} for w in self.words],
+            "words": [{"word": w.word, "start": w.start, "end": w.end, "space": w.space}
+                      for w in self.words],
             "segments": [asdict(s) for s in self.segments],
             "chunks": [asdict(c) for c in self.chunks],
             "warnings": list(self.warnings),
@@ -247,8 +249,14 @@ def _opens(text: str, i: int) -> bool:
 
 
 def _split_gap(text: str, lo: int, hi: int) -> int:
-    """Where the text between two words splits: closing marks stay left, opening marks go right."""
+    """Where the text between two words splits: closing marks stay left, opening marks go
+    right, and so does any mark written against the next word after a space ("+1", ".NET",
+    "#tag", "@name", "~5", "−3", "<tags>"): it belongs to the word it precedes."""
     k = hi
+    while k > lo and not text[k - 1].isspace():
+        k -= 1
+    if k == lo:  # no space in the gap (CJK, "C++"): only opening marks go right
+        k = hi
     while k > lo and (text[k - 1].isspace() or _opens(text, k - 1)):
         k -= 1
     while k < hi and text[k].isspace():
@@ -256,15 +264,42 @@ def _split_gap(text: str, lo: int, hi: int) -> int:
     return k
 
 
-def _spread(atoms: Sequence[_Atom], lo: float, hi: float) -> None:
-    """Estimated times: share [lo, hi] among the atoms by their length in characters."""
+# Slow speech: 3 syllables a second, one CJK character each. An estimated word in a chunk with
+# no aligner time to measure a pace from lasts at most this long per character.
+SLOWEST_SECONDS_PER_CHAR = 0.33
+
+
+def _pace(atoms: Sequence[_Atom], duration: float) -> float:
+    """Seconds per character of this chunk's speech: the median over its placed words (robust
+    to a word stretched over a pause), else its text spread over the chunk; never slower than
+    SLOWEST_SECONDS_PER_CHAR."""
+    rates = sorted((x.end - x.start) / (x.b - x.a) for x in atoms
+                   if x.units and x.end > x.start)
+    if rates:
+        rate = rates[len(rates) // 2]
+    else:
+        rate = duration / (sum(x.b - x.a for x in atoms) or 1)
+    return min(rate, SLOWEST_SECONDS_PER_CHAR)
+
+
+def _estimate(atoms: Sequence[_Atom], lo: float, hi: float, pace: float | None,
+              after: bool, before: bool) -> None:
+    """Estimated times for a run of missed words in [lo, hi]: each lasts its length at `pace`;
+    a run that follows a placed word starts right after it, one that only precedes a placed
+    word ends right before it, one between two (or with none) is shared out by length.
+    `pace` None spreads the run over the whole stretch (a chunk with no aligner)."""
     hi = max(hi, lo)
     total = sum(x.b - x.a for x in atoms) or 1
+    need = total * pace if pace is not None else hi - lo
+    if need < hi - lo and after != before:
+        lo, hi = (lo, lo + need) if after else (hi - need, hi)
     done = 0
     for x in atoms:
         x.start = lo + (hi - lo) * done / total
         done += x.b - x.a
         x.end = lo + (hi - lo) * done / total
+        if pace is not None:
+            x.end = min(x.end, x.start + (x.b - x.a) * pace)
 
 
 def align_words(text: str, units: Sequence[AlignedToken] | None, language: str,
@@ -273,6 +308,7 @@ def align_words(text: str, units: Sequence[AlignedToken] | None, language: str,
     written. Times stay in chunk time. Words no unit covers get times shared out between their
     placed neighbours (or over the whole chunk when nothing is placed: `units` None means the
     chunk was not aligned); units that match no text are dropped."""
+    aligned = units is not None
     units = list(units or [])
     stream, spans = _stream(text, language)
     owner = (_plausible(_owners(stream, units, text, spans), units, text, spans) if units
@@ -281,13 +317,15 @@ def align_words(text: str, units: Sequence[AlignedToken] | None, language: str,
     if not atoms:  # only marks ("♪ ♪", "..."): shown, timed over the chunk, not words
         pieces = text.split()
         words = [Word(piece, duration * i / len(pieces), duration * (i + 1) / len(pieces),
-                      space_before=i > 0, estimated=True) for i, piece in enumerate(pieces)]
+                      space=" " if i else "", estimated=True, untimed=True)
+                 for i, piece in enumerate(pieces)]
         return ChunkWords(words, spoken=False, placed=0, missed=0, dropped=len(units))
 
     for x in atoms:
         if x.units:
             x.start = min(units[k].start for k in x.units)
             x.end = max(units[k].end for k in x.units)
+    pace = _pace(atoms, duration) if aligned else None
     i = 0
     while i < len(atoms):
         if atoms[i].units:
@@ -296,15 +334,23 @@ def align_words(text: str, units: Sequence[AlignedToken] | None, language: str,
         j = i
         while j < len(atoms) and not atoms[j].units:
             j += 1
-        _spread(atoms[i:j], atoms[i - 1].end if i > 0 else 0.0,
-                atoms[j].start if j < len(atoms) else duration)
+        _estimate(atoms[i:j], atoms[i - 1].end if i > 0 else 0.0,
+                  atoms[j].start if j < len(atoms) else duration, pace,
+                  after=i > 0, before=j < len(atoms))
         i = j
 
+    # Each word is its stretch of the text without the whitespace around it; that whitespace
+    # becomes the next word's `space`, so the words rebuild the text exactly.
     bounds = [0] + [_split_gap(text, x.b, y.a) for x, y in zip(atoms, atoms[1:])] + [len(text)]
-    words = [Word(text[bounds[n]:bounds[n + 1]].strip(), x.start, x.end,
-                  space_before=n > 0 and any(ch.isspace() for ch in text[atoms[n - 1].b:x.a]),
-                  estimated=not x.units)
-             for n, x in enumerate(atoms)]
+    words: list[Word] = []
+    space = ""
+    for n, x in enumerate(atoms):
+        piece = text[bounds[n]:bounds[n + 1]]
+        core = piece.strip()
+        lead = piece[:len(piece) - len(piece.lstrip())]
+        words.append(Word(core, x.start, x.end, space=space + lead, estimated=not x.units,
+                          untimed=not aligned))
+        space = piece[len(lead) + len(core):]
     used = {k for k in owner if k >= 0}
     placed = sum(1 for x in atoms if x.units)
     return ChunkWords(words, spoken=True, placed=placed, missed=len(atoms) - placed,
@@ -313,17 +359,22 @@ def align_words(text: str, units: Sequence[AlignedToken] | None, language: str,
 
 # ---- chunk time -> file time --------------------------------------------------------------
 
-def _to_file_time(words: list[Word], chunk: Chunk, first_space: bool) -> list[Word]:
-    """Clamp into the chunk, keep times non-decreasing, add the chunk's offset."""
-    out: list[Word] = []
+def _to_file_time(words: list[Word], chunk: Chunk, first_space: str) -> list[Word]:
+    """Clamp into the chunk, keep times non-decreasing and words apart (a word ends by the
+    time the next starts, so no cue need end before its words do), add the chunk's offset."""
+    starts: list[float] = []
     floor = 0.0
-    for i, w in enumerate(words):
-        start = min(max(w.start, floor), chunk.duration)
+    for w in words:
+        floor = min(max(w.start, floor), chunk.duration)
+        starts.append(floor)
+    out: list[Word] = []
+    for i, (w, start) in enumerate(zip(words, starts)):
         end = min(max(w.end, start), chunk.duration)
-        floor = start
+        if i + 1 < len(words):
+            end = min(end, starts[i + 1])
         out.append(Word(w.word, round(chunk.offset + start, 3), round(chunk.offset + end, 3),
-                        space_before=first_space if i == 0 else w.space_before,
-                        estimated=w.estimated))
+                        space=first_space if i == 0 else w.space, estimated=w.estimated,
+                        untimed=w.untimed))
     return out
 
 
@@ -352,7 +403,7 @@ def merge_chunks(chunks: Sequence[Chunk], outputs: Sequence[AsrOutput],
         joiner = _joiner(prev_language, out.language)
         text_parts.append(joiner + out.text)
         mapped = align_words(out.text, units, out.language, chunk.duration)
-        timed = _to_file_time(mapped.words, chunk, first_space=joiner == " ")
+        timed = _to_file_time(mapped.words, chunk, first_space=joiner)
         pieces.extend(timed)
         if units is not None and mapped.spoken:
             words.extend(timed)

@@ -14,7 +14,7 @@ from .languages import UnsupportedLanguage, normalize_language
 from .pipeline import Options
 from .subtitles import SubtitleOptions
 
-FORMATS = ("srt", "vtt")
+FORMATS = ("srt", "vtt", "txt")
 MAX_URL_CHARS = 8192
 # The `subtitle` object: key -> (integer only, lowest, highest).
 SUBTITLE_KEYS: dict[str, tuple[bool, float, float]] = {

@@ -69,9 +69,17 @@ class Word:
     word: str
     start: float
     end: float
-    space_before: bool = field(default=True, repr=False, compare=False)
+    # The whitespace before the word in the text, exactly ("" inside CJK text and at the start).
+    space: str = field(default=" ", repr=False, compare=False)
     # True when the time is interpolated (no aligner time for this word).
     estimated: bool = field(default=False, repr=False, compare=False)
+    # True when the chunk had no aligner at all: the time is the chunk's text spread over the
+    # chunk, good for placing cues only (such words are not in `words`).
+    untimed: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def space_before(self) -> bool:
+        return bool(self.space)
 
 
 @dataclass(frozen=True)
@@ -310,9 +318,9 @@ def _text_fits(text: str, options: SubtitleOptions) -> bool:
 
 
 def _time_fits(first: Word, last: Word, options: SubtitleOptions) -> bool:
-    # Estimated times (text spread over a chunk) say nothing about when a sentence is spoken:
+    # Untimed words (text spread over a chunk) say nothing about when a sentence is spoken:
     # such cues are cut by their text alone, and their times capped in `build_segments`.
-    if first.estimated and last.estimated:
+    if first.untimed and last.untimed:
         return True
     return last.end - first.start <= options.max_cue_seconds
 
@@ -333,8 +341,8 @@ def _split_long(word: Word, options: SubtitleOptions) -> list[Word]:
     for a, b in spans:
         out.append(Word(text[a:b].strip(), word.start + span * a / len(text),
                         word.start + span * b / len(text),
-                        space_before=word.space_before if a == 0 else text[a - 1].isspace(),
-                        estimated=word.estimated))
+                        space=word.space if a == 0 else " " * text[a - 1].isspace(),
+                        estimated=word.estimated, untimed=word.untimed))
     return out
 
 
@@ -373,7 +381,7 @@ def group_words(words: Sequence[Word], options: SubtitleOptions) -> list[list[Wo
             k = _cut_point(cue, w)
             if k is None:
                 if text_fits:
-                    break  # too long in time only: keep the word whole, the cue time is capped
+                    break  # too long in time only, and no place to cut: the cue outlasts the limit
                 k = len(cue)  # text with no space for longer than a cue: cut it anyway
             groups.append(cue[:k])
             cue = cue[k:]
@@ -387,14 +395,19 @@ def group_words(words: Sequence[Word], options: SubtitleOptions) -> list[list[Wo
 
 def build_segments(words: Sequence[Word], options: SubtitleOptions = SubtitleOptions(),
                    until: float | None = None) -> list[Segment]:
-    """Cues over the words. Cue times: first start to last end, cut to `max_cue_seconds` and to
-    the next cue's start (no overlap), stretched to `min_cue_seconds` where the next cue (or
-    `until`, the end of the audio) leaves room."""
+    """Cues over the words. Cue times: first start to last end, so a cue never ends before its
+    words do (`group_words` cuts cues to `max_cue_seconds` by their words' times: only a word
+    that alone lasts longer, or words with no place to cut between them, make a longer cue);
+    cut to the next cue's start (no overlap: words that do not overlap, as `merge_chunks` gives
+    them, are never cut by it); stretched to `min_cue_seconds` where the next cue (or `until`,
+    the end of the audio) leaves room. Untimed words (text spread over a chunk) hold a cue open
+    for at most `max_cue_seconds`."""
     groups = group_words(words, options)
     segments: list[Segment] = []
     for i, group in enumerate(groups):
         start = group[0].start
-        end = min(max(w.end for w in group), start + options.max_cue_seconds)
+        end = max(min(w.end, start + options.max_cue_seconds) if w.untimed else w.end
+                  for w in group)
         room = groups[i + 1][0].start if i + 1 < len(groups) else until
         if room is not None and room >= start:
             end = min(end, room)
