@@ -211,6 +211,8 @@ BUCKET_ENV = {"BUCKET_ACCESS_KEY_ID": "id", "BUCKET_SECRET_ACCESS_KEY": "secret"
      "https://nyc3.digitaloceanspaces.com", "", "nyc3", False),
     ("https://acct.r2.cloudflarestorage.com/my-results", "my-results",
      "https://acct.r2.cloudflarestorage.com", "", "us-east-1", True),
+    ("https://s3.us-west-004.backblazeb2.com/my-results", "my-results",
+     "https://s3.us-west-004.backblazeb2.com", "", "us-west-004", True),
     ("http://minio.local:9000/my-results/asr/out", "my-results", "http://minio.local:9000",
      "asr/out/", "us-east-1", True),
 ])

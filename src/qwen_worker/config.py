@@ -146,10 +146,12 @@ def _bucket(env: Mapping[str, str]) -> Bucket | None:
     path = [p for p in parts.path.split("/") if p]
     host = parts.hostname
     region = env.get("BUCKET_REGION", "").strip()
-    if ".s3." in host or host.endswith(".digitaloceanspaces.com"):
-        # The region is the label after "s3." (AWS, Backblaze) or after the bucket (Spaces).
-        region = region or (host.split(".s3.", 1)[1].split(".")[0] if ".s3." in host
-                            else host.split(".")[-3])
+    labels = host.split(".")
+    if not region and len(labels) >= 4 and "s3" in labels[:-3]:
+        # The label after "s3" (AWS, Backblaze B2, Wasabi) or before the domain (Spaces).
+        region = labels[labels.index("s3") + 1]
+    elif not region and host.endswith(".digitaloceanspaces.com"):
+        region = labels[-3]
     name = env.get("BUCKET_NAME", "").strip()
     path_style = True
     if name:
