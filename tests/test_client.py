@@ -196,6 +196,18 @@ def test_a_missing_api_key_is_said_plainly(tmp_path):
     assert run.returncode == 2 and "set RUNPOD_API_KEY" in run.stderr
 
 
+def test_a_wrong_api_key_is_refused_before_any_job(tmp_path):
+    api = ClientApi(hold=True)
+    try:
+        audio = media.make_audio(tmp_path / "a.wav", 1.0)
+        run = _client([str(audio), "--endpoint", ENDPOINT_ID],
+                      _client_env(api, RUNPOD_API_KEY="not-the-key"), tmp_path)
+        assert run.returncode == 1 and "401 Unauthorized" in run.stderr
+        assert api.unauthorized == 1 and api.runs == []
+    finally:
+        api.close()
+
+
 def test_against_runpods_local_server(server, tmp_path):
     """`python src/handler.py --rp_serve_api` (conftest's `server`), as `docker run` serves it."""
     audio = media.make_audio(tmp_path / "clip.ogg", 4.0)

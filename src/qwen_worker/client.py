@@ -88,7 +88,8 @@ class ProgressBar:
         stage, done, total = status.lower().replace("_", " "), 0, 0
         if isinstance(progress, dict) and progress.get("stage"):
             stage = str(progress["stage"])
-            done, total = int(progress.get("chunks_done") or 0), int(progress.get("chunks_total") or 0)
+            done = int(progress.get("chunks_done") or 0)
+            total = int(progress.get("chunks_total") or 0)
         line = f"{stage:<13}"
         if total:
             filled = round(self.WIDTH * done / total)
