@@ -236,3 +236,14 @@ def test_bucket_settings_that_cannot_work_are_refused_at_start_up():
     with pytest.raises(ConfigError, match="RESULT_UPLOAD"):
         load_settings({"RESULT_UPLOAD": "sometimes"})
     assert load_settings({}).bucket is None
+
+
+def test_a_summary_over_the_limit_leaves_its_text_to_the_file(whole, s3, model_dirs):
+    from qwen_worker.results import deliver
+
+    s3.create_bucket("results-tiny")
+    settings = settings_for(model_dirs["english"], model_dirs["aligner"],
+                            RESULT_MAX_BYTES="1000", **s3.env("results-tiny"))
+    out = deliver(whole, settings, "tiny")
+    assert "text" not in out and "files.json" in out["warnings"][-1]
+    assert _fetch(out["files"]["json"]["url"]).json() == whole

@@ -118,7 +118,7 @@ def upload(output: dict[str, Any], size: int, settings: Settings, job_id: str
     summary["counts"] = {k: len(output[k]) for k in COUNTED if isinstance(output.get(k), list)}
     summary["files"] = files
     if result_bytes(summary) > settings.result_max_bytes:  # only with a tiny limit
-        del summary["text"]
+        summary.pop("text", None)
         summary["warnings"] = [*summary.get("warnings", []),
                                "the text is left out of this summary for its size: it is in "
                                "files.json"]
