@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 BAKED_ASR_DIR = Path("/models/asr")
 BAKED_ALIGNER_DIR = Path("/models/aligner")
@@ -28,6 +29,19 @@ ALIGNER_TOKENS_PER_OUTPUT_TOKEN = 3
 
 class ConfigError(ValueError):
     """An environment variable holds a value the worker cannot use."""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Where results go when they are uploaded (results.py): an S3-compatible service."""
+
+    endpoint_url: str  # the service, without the bucket
+    name: str
+    prefix: str  # key prefix, "" or ending in "/"
+    region: str
+    path_style: bool  # https://host/bucket/key rather than https://bucket.host/key
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,10 @@ class Settings:
     scheduler_gather_s: float  # an idle engine waits this long for more jobs to join a call
     scheduler_max_chunks: int  # chunks in one shared engine call (one job's file is never split)
     progress_updates: bool  # on RunPod's job loop: post progress for /status
+    bucket: Bucket | None  # results.py uploads results here; None: over-limit results are trimmed
+    result_max_bytes: int  # a result's JSON over this is uploaded (bucket) or trimmed (none)
+    result_upload: str  # "auto": only over-limit results are uploaded; "always": every result
+    result_url_expiry_s: int  # presigned URLs of uploaded results last this long
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -102,6 +120,55 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _bucket(env: Mapping[str, str]) -> Bucket | None:
+    """runpod's conventional BUCKET_* variables; the bucket named in the URL as RunPod's
+    examples name it (https://BUCKET.s3.REGION.amazonaws.com, https://HOST/BUCKET), or by
+    BUCKET_NAME."""
+    names = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
+    url, key_id, secret = (env.get(n, "").strip() for n in names)
+    if not (url or key_id or secret):
+        return None
+    missing = [n for n, v in zip(names, (url, key_id, secret)) if not v]
+    if missing:
+        raise ConfigError(f"a bucket needs {', '.join(names)}; {', '.join(missing)} not set")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"BUCKET_ENDPOINT_URL must be an http(s) URL, got {url!r}")
+    service = f"{parts.scheme}://{parts.netloc}"
+    path = [p for p in parts.path.split("/") if p]
+    host = parts.hostname
+    region = env.get("BUCKET_REGION", "").strip()
+    labels = host.split(".")
+    if not region and len(labels) >= 4 and "s3" in labels[:-3]:
+        # The label after "s3" (AWS, Backblaze B2, Wasabi) or before the domain (Spaces).
+        region = labels[labels.index("s3") + 1]
+    elif not region and host.endswith(".digitaloceanspaces.com"):
+        region = labels[-3]
+    name = env.get("BUCKET_NAME", "").strip()
+    path_style = True
+    if name:
+        prefix = "/".join(path)
+    elif path:  # https://HOST/BUCKET[/PREFIX]: MinIO, R2, moto, most self-hosted services
+        name, prefix = path[0], "/".join(path[1:])
+    elif ".s3." in host or (host.endswith(".digitaloceanspaces.com") and host.count(".") >= 3):
+        # https://BUCKET.s3.REGION.amazonaws.com, https://BUCKET.REGION.digitaloceanspaces.com
+        name, rest = host.split(".", 1)
+        service, path_style, prefix = f"{parts.scheme}://{rest}", False, ""
+    else:
+        raise ConfigError("BUCKET_ENDPOINT_URL names no bucket: give https://HOST/BUCKET, "
+                          "https://BUCKET.s3.REGION.amazonaws.com, or set BUCKET_NAME")
+    return Bucket(endpoint_url=service, name=name, prefix=prefix + "/" if prefix else "",
+                  region=region or "us-east-1", path_style=path_style,
+                  access_key_id=key_id, secret_access_key=secret)
 
 
 def _cuda_available() -> bool:
@@ -214,6 +281,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         scheduler_max_chunks=_int(env, "SCHEDULER_MAX_CHUNKS", 0, 0, 4096) or asr_batch_size,
         # The SDK takes jobs from RunPod only when this is set (else it runs locally).
         progress_updates=bool(env.get("RUNPOD_WEBHOOK_GET_JOB", "").strip()),
+        bucket=_bucket(env),
+        # RunPod refuses results over ~10 MB; 8 MB leaves room for its own envelope.
+        result_max_bytes=_int(env, "RESULT_MAX_BYTES", 8_000_000, 1000, 1 << 30),
+        result_upload=_choice(env, "RESULT_UPLOAD", "auto", ("auto", "always")),
+        # S3's SigV4 presigned URLs last at most 7 days.
+        result_url_expiry_s=_int(env, "RESULT_URL_EXPIRY_SECONDS", 7 * 86400, 60, 7 * 86400),
     )
     _check_token_budget(settings)
     return settings

@@ -19,6 +19,7 @@ class ErrorCode(str, Enum):
     UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"
     ENGINE_ERROR = "ENGINE_ERROR"
     DISK_FULL = "DISK_FULL"
+    RESULT_UPLOAD_FAILED = "RESULT_UPLOAD_FAILED"
     WORKER_SHUTDOWN = "WORKER_SHUTDOWN"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -50,6 +51,9 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
                             "On a fatal GPU error the worker is also replaced (refresh_worker).",
     ErrorCode.DISK_FULL: "The worker's disk (WORK_DIR) is full; the worker is replaced "
                          "(refresh_worker). Retry the job.",
+    ErrorCode.RESULT_UPLOAD_FAILED: "The result was to go to the bucket (BUCKET_ENDPOINT_URL) but "
+                                    "the upload failed (refused, unreachable, no such bucket); "
+                                    "fix the bucket or unset it, and retry the job.",
     ErrorCode.WORKER_SHUTDOWN: "The worker was told to stop (SIGTERM) while the job ran; its "
                                "download and decoder were stopped. Retry the job.",
     ErrorCode.INTERNAL_ERROR: "An unexpected fault in the worker; details are in the worker log.",

@@ -30,6 +30,7 @@ from .lifecycle import (JOB_DIR_PREFIX, LIFETIME, JobCancelled, JobScope, Stoppe
                         ensure_sigterm_handler, sweep_job_dirs)
 from .pipeline import Progress, Timings, transcribe_file
 from .request import parse_request
+from .results import deliver
 from .scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,9 @@ class Worker:
         try:
             job_dir = Path(tempfile.mkdtemp(prefix=JOB_DIR_PREFIX, dir=self.settings.work_dir))
             with LIFETIME.job(scope, job_dir):
-                return self._run(job.get("input"), job_dir, started, self._progress(job))
+                # Too large for RunPod's payload limit: uploaded to the bucket, or trimmed.
+                return deliver(self._run(job.get("input"), job_dir, started, self._progress(job)),
+                               self.settings, str(job.get("id", "")))
         except WorkerError as err:
             if scope.reason is not None:  # the stop caused it: say so, not what it broke
                 return self._stopped(job, scope.reason)
