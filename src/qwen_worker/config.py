@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -64,6 +64,8 @@ class Settings:
     scheduler_gather_s: float  # an idle engine waits this long for more jobs to join a call
     scheduler_max_chunks: int  # chunks in one shared engine call (one job's file is never split)
     progress_updates: bool  # on RunPod's job loop: post progress for /status
+    # src/server.py only: the bearer token callers must send ("" = no auth); kept out of repr.
+    server_api_key: str = field(default="", repr=False)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -209,6 +211,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         scheduler_max_chunks=_int(env, "SCHEDULER_MAX_CHUNKS", 0, 0, 4096) or asr_batch_size,
         # The SDK takes jobs from RunPod only when this is set (else it runs locally).
         progress_updates=bool(env.get("RUNPOD_WEBHOOK_GET_JOB", "").strip()),
+        server_api_key=env.get("SERVER_API_KEY", "").strip(),
     )
     _check_token_budget(settings)
     return settings
