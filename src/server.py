@@ -34,8 +34,8 @@ from qwen_worker.errors import ErrorCode  # noqa: E402
 from qwen_worker.lifecycle import SHUTDOWN_GRACE_SECONDS  # noqa: E402
 from qwen_worker.model_files import resolve_model  # noqa: E402
 from qwen_worker.openai_compat import (INVALID_API_KEY, NOT_FOUND, NOT_READY,  # noqa: E402
-                                       UNHEALTHY, FormError, TranscriptionForm, error_body,
-                                       job_input, parse_form, render, status_for)
+                                       UNHEALTHY, FormError, error_body, job_input,
+                                       parse_form, render, status_for)
 from qwen_worker.worker import Worker  # noqa: E402
 
 import uvicorn  # noqa: E402
@@ -244,15 +244,15 @@ async def read_form(request: Request, dest: Path, max_bytes: int) -> _FormReader
     try:
         async for block in request.stream():
             received += len(block)
-            if reader.too_large:
+            if reader.too_large or reader.error is not None:
                 if received > max_bytes + DRAIN_BYTES:
                     break  # enough: stop reading, the client may see a reset
-                continue
+                continue  # the answer is known: drop the rest
             pending += block
             if len(pending) >= PARSE_BLOCK:
                 await asyncio.to_thread(parser.write, bytes(pending))
                 pending.clear()
-        if pending and not reader.too_large:
+        if pending and not reader.too_large and reader.error is None:
             await asyncio.to_thread(parser.write, bytes(pending))
     except MultipartParseError:
         raise FormError("the multipart body is malformed", None) from None

@@ -80,7 +80,9 @@ def _transcribe(client, audio: Path, **kwargs):
 
 
 def _error(exc_info) -> dict:
-    return exc_info.value.body if "error" not in exc_info.value.body else exc_info.value.body["error"]
+    """The `error` object of a failed call (the client hands over the object itself)."""
+    body = exc_info.value.body
+    return body["error"] if "error" in body else body
 
 
 # ---- start-up ------------------------------------------------------------------------------
@@ -439,3 +441,40 @@ def test_readme_python_example_runs(api, audio, tmp_path):
     assert result.returncode == 0, result.stderr
     text, start, end = result.stdout.strip().rsplit(" ", 2)
     assert text == ENGLISH and 0.0 <= float(start) < float(end)
+
+
+# ---- the form contract, without a server ----------------------------------------------------
+
+def test_form_fields_map_onto_the_job_input():
+    from qwen_worker.openai_compat import job_input, parse_form
+
+    form = parse_form({"model": ["whisper-1"], "language": ["English"], "prompt": ["Qwen"],
+                       "temperature": ["0.0"], "response_format": ["srt"],
+                       "chunk_seconds": ["90"], "subtitle": ['{"max_line_width": 20}'],
+                       "stream": ["false"]}, has_file=True)
+    assert job_input(form) == {"language": "English", "context": "Qwen",
+                               "word_timestamps": True, "formats": ["srt"],
+                               "chunk_seconds": 90.0, "subtitle": {"max_line_width": 20}}
+    # json and text need no word times: the aligner pass is skipped.
+    assert job_input(parse_form({}, has_file=True))["word_timestamps"] is False
+
+
+@pytest.mark.parametrize("fields,param", [
+    ({"stream": ["true"]}, "stream"),
+    ({"language": ["en", "de"]}, "language"),
+    ({"temperature": ["hot"]}, "temperature"),
+    ({"chunk_seconds": ["long"]}, "chunk_seconds"),
+])
+def test_form_refusals_name_the_field(fields, param):
+    from qwen_worker.openai_compat import FormError, parse_form
+
+    with pytest.raises(FormError) as exc_info:
+        parse_form(fields, has_file=True)
+    assert exc_info.value.param == param
+
+
+def test_compression_ratio_flags_repetition_as_whisper_does():
+    from qwen_worker.openai_compat import compression_ratio
+
+    assert compression_ratio("thank you " * 40) > 2.4  # Whisper's threshold for a loop
+    assert compression_ratio(ENGLISH) < 2.4
