@@ -24,8 +24,9 @@ from qwen_worker.worker import Worker  # noqa: E402
 log = logging.getLogger("handler")
 
 
-def start() -> tuple[Settings, QwenEngine]:
-    """Settings and models, or one log line saying what to change and exit status 1."""
+def configure() -> Settings:
+    """Settings from the environment and logging, or one log line saying what to change and
+    exit status 1. Shared with src/server.py."""
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -37,16 +38,27 @@ def start() -> tuple[Settings, QwenEngine]:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.download_allow_loopback:
         allow_loopback_for_local_testing()
+    return settings
+
+
+def load_failure(settings: Settings, exc: BaseException) -> str:
+    """Why the models did not load, in one line (the traceback goes to DEBUG)."""
+    if isinstance(exc, StartupError):
+        return str(exc)
+    log.debug("model loading failed", exc_info=exc)
+    return (f"loading ASR_MODEL={settings.asr_model} / ALIGNER_MODEL={settings.aligner_model} "
+            f"raised {type(exc).__name__}: "
+            + (str(exc).splitlines()[0][:300] if str(exc) else ""))
+
+
+def start() -> tuple[Settings, QwenEngine]:
+    """Settings and models, or one log line saying what to change and exit status 1."""
+    settings = configure()
     try:
         # Loaded once per worker process, before the first job; vLLM needs this under __main__.
         return settings, load_engine(settings)
-    except StartupError as exc:
-        log.error("start-up failed: %s", exc)
     except Exception as exc:  # noqa: BLE001 - the reason in one line; the traceback at DEBUG
-        log.debug("model loading failed", exc_info=True)
-        log.error("start-up failed: loading ASR_MODEL=%s / ALIGNER_MODEL=%s raised %s: %s",
-                  settings.asr_model, settings.aligner_model, type(exc).__name__,
-                  str(exc).splitlines()[0][:300] if str(exc) else "")
+        log.error("start-up failed: %s", load_failure(settings, exc))
     sys.exit(1)
 
 

@@ -83,6 +83,8 @@ class Settings:
     result_max_bytes: int  # a result's JSON over this is uploaded (bucket) or trimmed (none)
     result_upload: str  # "auto": only over-limit results are uploaded; "always": every result
     result_url_expiry_s: int  # presigned URLs of uploaded results last this long
+    # src/server.py only: the bearer token callers must send ("" = no auth); kept out of repr.
+    server_api_key: str = field(default="", repr=False)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -287,6 +289,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         result_upload=_choice(env, "RESULT_UPLOAD", "auto", ("auto", "always")),
         # S3's SigV4 presigned URLs last at most 7 days.
         result_url_expiry_s=_int(env, "RESULT_URL_EXPIRY_SECONDS", 7 * 86400, 60, 7 * 86400),
+        server_api_key=env.get("SERVER_API_KEY", "").strip(),
     )
     _check_token_budget(settings)
     return settings

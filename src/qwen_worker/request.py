@@ -87,7 +87,9 @@ class Request:
     formats: tuple[str, ...]
 
 
-def parse_request(job_input: Any, max_context_chars: int) -> Request:
+def parse_request(job_input: Any, max_context_chars: int, uploaded: bool = False) -> Request:
+    """uploaded: the audio is already in the job's directory (the HTTP server's file upload),
+    so the input must name no other source."""
     if not isinstance(job_input, dict):
         raise WorkerError(ErrorCode.INVALID_INPUT, "input must be a JSON object")
     result = validate(job_input, _schema(max_context_chars))  # a fresh schema: validate() mutates it
@@ -95,7 +97,9 @@ def parse_request(job_input: Any, max_context_chars: int) -> Request:
         raise WorkerError(ErrorCode.INVALID_INPUT,
                           _explain(result["errors"], max_context_chars, job_input.get("subtitle")))
     v = result["validated_input"]
-    if (v["audio_url"] is None) == (v["audio_base64"] is None):
+    if uploaded and (v["audio_url"] is not None or v["audio_base64"] is not None):
+        raise WorkerError(ErrorCode.INVALID_INPUT, "give either a file or audio_url, not both")
+    if not uploaded and (v["audio_url"] is None) == (v["audio_base64"] is None):
         raise WorkerError(ErrorCode.INVALID_INPUT,
                           "give exactly one of audio_url and audio_base64")
     try:

@@ -22,7 +22,7 @@ from typing import Any
 from .config import Settings
 from .decode import (AudioTooLong, DecodeError, DecoderKilled, EmptyAudio, FormatRefused,
                      NoAudioStream, TruncatedAudio, probe)
-from .download import DownloadPolicy, decode_base64, fetch_url
+from .download import INPUT_NAME, DownloadPolicy, decode_base64, fetch_url
 from .engine import Engine, EngineError, is_fatal_gpu_error
 from .errors import ErrorCode, WorkerError, in_cause_chain
 from .formats import WRITERS
@@ -63,14 +63,16 @@ class Worker:
         Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
         sweep_job_dirs(Path(settings.work_dir))
 
-    async def handle_async(self, job: dict[str, Any]) -> dict[str, Any]:
-        """The job runs in a thread; the event loop stays free to take jobs and stop signals."""
+    async def handle_async(self, job: dict[str, Any],
+                           upload_dir: Path | None = None) -> dict[str, Any]:
+        """The job runs in a thread; the event loop stays free to take jobs and stop signals.
+        Cancelling the awaiting task stops the job's work (as RunPod's stop does)."""
         ensure_sigterm_handler()
         scope = JobScope(str(job.get("id", "")))
         context = contextvars.copy_context()
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._job_threads, context.run, self.handle, job, scope)
+                self._job_threads, context.run, self.handle, job, scope, upload_dir)
         except asyncio.CancelledError:  # RunPod stopped the job: stop its thread's work too
             scope.stop(JobCancelled)
             log.info("job %s stopped by RunPod", job.get("id"))
@@ -80,18 +82,32 @@ class Worker:
         # A constant: runpod 1.12 re-sizes only when no job is in flight.
         return self.settings.max_concurrency
 
-    def handle(self, job: dict[str, Any], scope: JobScope | None = None) -> dict[str, Any]:
+    def new_upload_dir(self) -> Path:
+        """A job directory for audio the caller writes itself (the HTTP server's upload, to
+        `upload_dir / INPUT_NAME`); pass it to `handle` as upload_dir, which removes it."""
+        return Path(tempfile.mkdtemp(prefix=JOB_DIR_PREFIX, dir=self.settings.work_dir))
+
+    def handle(self, job: dict[str, Any], scope: JobScope | None = None,
+               upload_dir: Path | None = None) -> dict[str, Any]:
         """Serve one job in this thread; returns its output or its error, never raises
-        (except JobCancelled, which only a stopped job's own thread sees)."""
+        (except JobCancelled, which only a stopped job's own thread sees).
+
+        upload_dir: a directory from `new_upload_dir` holding the job's audio. It is the
+        caller's (trusted) argument, never part of the job's input: no input names a path.
+        """
         started = time.perf_counter()
         scope = scope if scope is not None else JobScope(str(job.get("id", "")))
-        job_dir: Path | None = None
+        job_dir: Path | None = upload_dir
         try:
-            job_dir = Path(tempfile.mkdtemp(prefix=JOB_DIR_PREFIX, dir=self.settings.work_dir))
+            if job_dir is None:
+                job_dir = Path(tempfile.mkdtemp(prefix=JOB_DIR_PREFIX, dir=self.settings.work_dir))
             with LIFETIME.job(scope, job_dir):
+                output = self._run(job.get("input"), job_dir, started, self._progress(job),
+                                   uploaded=upload_dir is not None)
+                if upload_dir is not None:  # the HTTP server: no payload limit to meet
+                    return output
                 # Too large for RunPod's payload limit: uploaded to the bucket, or trimmed.
-                return deliver(self._run(job.get("input"), job_dir, started, self._progress(job)),
-                               self.settings, str(job.get("id", "")))
+                return deliver(output, self.settings, str(job.get("id", "")))
         except WorkerError as err:
             if scope.reason is not None:  # the stop caused it: say so, not what it broke
                 return self._stopped(job, scope.reason)
@@ -150,15 +166,17 @@ class Worker:
         return send
 
     def _run(self, job_input: Any, job_dir: Path, started: float,
-             progress: Progress | None) -> dict[str, Any]:
+             progress: Progress | None, uploaded: bool = False) -> dict[str, Any]:
         s = self.settings
-        request = parse_request(job_input, s.max_context_chars)
+        request = parse_request(job_input, s.max_context_chars, uploaded=uploaded)
         timings = Timings()
 
         t0 = time.perf_counter()
         if progress is not None:
             progress("downloading", 0, 0)
-        if request.audio_url is not None:
+        if uploaded:
+            path = job_dir / INPUT_NAME
+        elif request.audio_url is not None:
             path = fetch_url(request.audio_url, job_dir, self.policy)
         else:
             path = decode_base64(request.audio_base64, job_dir, s.max_base64_bytes)
