@@ -277,7 +277,8 @@ async def run_job(request: Request, worker: Worker, job: dict[str, Any],
                   upload_dir: Path | None) -> dict[str, Any] | None:
     """The job's output, or None when the client went away first: then the job is stopped
     (its download, decoders and engine requests; handle_async stops its JobScope)."""
-    task = asyncio.ensure_future(worker.handle_async(job, upload_dir))
+    # whole: an HTTP answer has no payload limit (no upload, no trimming).
+    task = asyncio.ensure_future(worker.handle_async(job, upload_dir, whole=True))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)

@@ -126,13 +126,24 @@ def test_always_uploads_even_a_small_result(model_dirs, engine, audio_b64, whole
     assert out["text"] == whole["text"] and "words" not in out
 
 
-def test_a_result_under_the_limit_stays_inline_and_nothing_is_uploaded(
+def test_a_result_under_the_limit_stays_inline_and_its_requested_files_are_uploaded(
         model_dirs, engine, audio_b64, whole, s3, tmp_path):
+    """With a bucket, the requested SRT and VTT also become files (URLs in `files`); the
+    result itself fits, so it stays whole and inline, and no JSON file is made."""
     s3.create_bucket("results-inline")
     worker = _worker(model_dirs, engine, tmp_path, **s3.env("results-inline"))
     out = worker.handle({"id": "fits", "input": {"audio_base64": audio_b64, **JOB}})
+    files = out.pop("files")
     _same_result(out, whole)
-    assert s3.keys("results-inline") == []
+    assert set(files) == {"srt", "vtt"}
+    assert _fetch(files["srt"]["url"]).content.decode() == whole["srt"]
+    assert _fetch(files["vtt"]["url"]).content.decode() == whole["vtt"]
+    keys = s3.keys("results-inline")
+    assert len(keys) == 2 and all(k.startswith("fits-") for k in keys), keys
+    # No format asked for: nothing to upload, the result as it is.
+    plain = worker.handle({"id": "plain", "input": {"audio_base64": audio_b64,
+                                                    "chunk_seconds": 30}})
+    assert "files" not in plain and "error" not in plain and len(s3.keys("results-inline")) == 2
 
 
 def test_a_failed_upload_fails_the_job_with_its_code_and_the_worker_goes_on(

@@ -382,6 +382,40 @@ def test_disconnect_stops_the_job(api, host):
     assert re.search(r"job http-\w+: its work stopped", api.log())
 
 
+def test_a_url_that_cannot_be_fetched_is_422_with_our_code(api, host):
+    url = host.file("/present.mp3", b"x")  # the host is up; this path is not served
+    r = requests.post(api.url + "/v1/audio/transcriptions", headers=_auth(), timeout=120,
+                      files={"audio_url": (None, url.replace("present", "absent"))})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "DOWNLOAD_FAILED" and "404" in error["message"]
+
+
+def test_answers_are_whole_whatever_the_queue_results_limit(model_dirs, tmp_path, audio, host):
+    """RESULT_MAX_BYTES is RunPod's payload limit for queue jobs; an HTTP answer has none. A
+    server set to trim queue results still answers with every word, for an uploaded file and
+    for an audio_url."""
+    work = tmp_path / "jobs"
+    work.mkdir()
+    env = worker_env(model_dirs["english"], model_dirs["aligner"], work,
+                     DOWNLOAD_ALLOW_LOOPBACK="true", RESULT_MAX_BYTES="1000")
+    srv = ApiServer(env, tmp_path / "api.log")
+    try:
+        url = host.file("/whole/talk.mp3", audio.read_bytes(), "audio/mpeg")
+        for source in ({"file": ("talk.mp3", audio.read_bytes())}, {"audio_url": (None, url)}):
+            fields = [*source.items(), ("response_format", (None, "verbose_json")),
+                      ("timestamp_granularities[]", (None, "word")),
+                      ("timestamp_granularities[]", (None, "segment"))]
+            r = requests.post(srv.url + "/v1/audio/transcriptions", files=fields, timeout=120)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert "omitted" not in body  # the job output (~1.5 kB) is over the 1000 bytes
+            assert len(body["words"]) == len(ENGLISH.split())
+            assert body["segments"] and body["text"] == ENGLISH
+    finally:
+        srv.close()
+
+
 # ---- README -------------------------------------------------------------------------------
 
 def _readme_curls() -> list[str]:

@@ -1,5 +1,7 @@
-"""Results of any size: one too large for RunPod's payload limit goes to a bucket (presigned
-URLs and a summary in the output), or, without a bucket, sheds its bulkiest parts until it fits.
+"""Results of any size: with a bucket, the requested subtitle and text files are uploaded
+(presigned URLs in `files`), and a result too large for RunPod's payload limit goes there whole
+(the output is then a summary); without a bucket, an over-limit result sheds its bulkiest parts
+until it fits.
 
 A long transcript never fails a job for its size; a result that was to be uploaded and could
 not be fails with RESULT_UPLOAD_FAILED, never returned short without saying so.
@@ -44,14 +46,24 @@ def result_bytes(output: dict[str, Any]) -> int:
 
 
 def deliver(output: dict[str, Any], settings: Settings, job_id: str) -> dict[str, Any]:
-    """The job's output as returned to RunPod: whole when it fits (and no upload is asked
-    for), else uploaded with a summary returned, else trimmed with a warning."""
+    """The job's output as returned to RunPod. With a bucket: whole, plus URLs of its
+    uploaded subtitle/text files, when it fits; else uploaded whole with a summary returned
+    (always, with RESULT_UPLOAD=always). Without one: whole when it fits, else trimmed with a
+    warning."""
     size = result_bytes(output)
-    over = size > settings.result_max_bytes
-    if settings.bucket is not None and (over or settings.result_upload == "always"):
+    limit = settings.result_max_bytes
+    if settings.bucket is not None:
+        if size <= limit and settings.result_upload == "auto":
+            bodies = _format_files(output)
+            if not bodies:
+                return output
+            stem = _stem(settings, job_id)
+            with_files = {**output, "files": _put(bodies, stem, size, settings)}
+            if result_bytes(with_files) <= limit:
+                return with_files
         return upload(output, size, settings, job_id)
-    if over:
-        return trim(output, size, settings.result_max_bytes)
+    if size > limit:
+        return trim(output, size, limit)
     return output
 
 
@@ -87,13 +99,35 @@ def upload(output: dict[str, Any], size: int, settings: Settings, job_id: str
            ) -> dict[str, Any]:
     """Upload the whole result (and each subtitle/text format it holds) and return a summary
     with a presigned URL per file."""
+    bodies = {"json": json.dumps(output, ensure_ascii=False).encode(), **_format_files(output)}
+    files = _put(bodies, _stem(settings, job_id), size, settings)
+    summary = {k: v for k, v in output.items() if k not in DROP_ORDER}
+    summary["counts"] = {k: len(output[k]) for k in COUNTED if isinstance(output.get(k), list)}
+    summary["files"] = files
+    if result_bytes(summary) > settings.result_max_bytes:  # only with a tiny limit
+        summary.pop("text", None)
+        summary["warnings"] = [*summary.get("warnings", []),
+                               "the text is left out of this summary for its size: it is in "
+                               "files.json"]
+    log.info("result of %d bytes uploaded whole", size)
+    return summary
+
+
+def _format_files(output: dict[str, Any]) -> dict[str, bytes]:
+    """The subtitle and text files the job asked for."""
+    return {fmt: output[fmt].encode() for fmt in FILE_FORMATS if isinstance(output.get(fmt), str)}
+
+
+def _stem(settings: Settings, job_id: str) -> str:
+    assert settings.bucket is not None
+    return f"{settings.bucket.prefix}{_safe(job_id)}-{uuid.uuid4().hex[:8]}/transcript"
+
+
+def _put(bodies: dict[str, bytes], stem: str, size: int, settings: Settings
+         ) -> dict[str, dict[str, Any]]:
+    """Upload each body as `stem.FORMAT`; a presigned URL, size and expiry for each."""
     bucket = settings.bucket
     assert bucket is not None
-    stem = f"{bucket.prefix}{_safe(job_id)}-{uuid.uuid4().hex[:8]}/transcript"
-    bodies = {"json": json.dumps(output, ensure_ascii=False).encode()}
-    for fmt in FILE_FORMATS:
-        if isinstance(output.get(fmt), str):
-            bodies[fmt] = output[fmt].encode()
     expires = settings.result_url_expiry_s
     expires_at = (datetime.now(timezone.utc) + timedelta(seconds=expires)).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
@@ -113,17 +147,8 @@ def upload(output: dict[str, Any], size: int, settings: Settings, job_id: str
         raise WorkerError(ErrorCode.RESULT_UPLOAD_FAILED,
                           f"the result ({size:,} bytes) could not be uploaded to bucket "
                           f"{bucket.name!r} at {bucket.endpoint_url}: {_reason(exc)}") from None
-
-    summary = {k: v for k, v in output.items() if k not in DROP_ORDER}
-    summary["counts"] = {k: len(output[k]) for k in COUNTED if isinstance(output.get(k), list)}
-    summary["files"] = files
-    if result_bytes(summary) > settings.result_max_bytes:  # only with a tiny limit
-        summary.pop("text", None)
-        summary["warnings"] = [*summary.get("warnings", []),
-                               "the text is left out of this summary for its size: it is in "
-                               "files.json"]
-    log.info("result of %d bytes uploaded as %s.*", size, stem)
-    return summary
+    log.info("uploaded %s.{%s}", stem, ",".join(bodies))
+    return files
 
 
 def _safe(job_id: str) -> str:

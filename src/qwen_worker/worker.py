@@ -63,8 +63,8 @@ class Worker:
         Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
         sweep_job_dirs(Path(settings.work_dir))
 
-    async def handle_async(self, job: dict[str, Any],
-                           upload_dir: Path | None = None) -> dict[str, Any]:
+    async def handle_async(self, job: dict[str, Any], upload_dir: Path | None = None,
+                           whole: bool = False) -> dict[str, Any]:
         """The job runs in a thread; the event loop stays free to take jobs and stop signals.
         Cancelling the awaiting task stops the job's work (as RunPod's stop does)."""
         ensure_sigterm_handler()
@@ -72,7 +72,7 @@ class Worker:
         context = contextvars.copy_context()
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._job_threads, context.run, self.handle, job, scope, upload_dir)
+                self._job_threads, context.run, self.handle, job, scope, upload_dir, whole)
         except asyncio.CancelledError:  # RunPod stopped the job: stop its thread's work too
             scope.stop(JobCancelled)
             log.info("job %s stopped by RunPod", job.get("id"))
@@ -88,12 +88,14 @@ class Worker:
         return Path(tempfile.mkdtemp(prefix=JOB_DIR_PREFIX, dir=self.settings.work_dir))
 
     def handle(self, job: dict[str, Any], scope: JobScope | None = None,
-               upload_dir: Path | None = None) -> dict[str, Any]:
+               upload_dir: Path | None = None, whole: bool = False) -> dict[str, Any]:
         """Serve one job in this thread; returns its output or its error, never raises
         (except JobCancelled, which only a stopped job's own thread sees).
 
         upload_dir: a directory from `new_upload_dir` holding the job's audio. It is the
         caller's (trusted) argument, never part of the job's input: no input names a path.
+        whole: the output as made, never uploaded or trimmed for RunPod's payload limit (the
+        HTTP server answers in full).
         """
         started = time.perf_counter()
         scope = scope if scope is not None else JobScope(str(job.get("id", "")))
@@ -104,7 +106,7 @@ class Worker:
             with LIFETIME.job(scope, job_dir):
                 output = self._run(job.get("input"), job_dir, started, self._progress(job),
                                    uploaded=upload_dir is not None)
-                if upload_dir is not None:  # the HTTP server: no payload limit to meet
+                if whole:
                     return output
                 # Too large for RunPod's payload limit: uploaded to the bucket, or trimmed.
                 return deliver(output, self.settings, str(job.get("id", "")))
