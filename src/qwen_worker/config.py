@@ -273,10 +273,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         work_dir=env.get("WORK_DIR", "").strip() or tempfile.gettempdir(),
         download_allow_loopback=_bool(env, "DOWNLOAD_ALLOW_LOOPBACK", False),
         log_level=log_level,
-        # 16 jobs on a GPU: on an H200 with a 24 GB card's memory split, 64 clips of 30 s cost
-        # 37.3 GPU s per audio hour one at a time, 12.4 at 16 jobs and 29.7 at 64 (vLLM's input
-        # processing in this process's event loop becomes the bottleneck; BENCHMARKS.md). Each
-        # job also holds its decoded audio in host memory (~230 MB per audio hour).
+        # 16 jobs on a GPU: on an H200 with a 24 GB card's memory split, 64 clips of 30 s (ASR
+        # and alignment) cost 74.6 GPU s per audio hour one at a time, 17.5 at 16 jobs and 13.7
+        # at 64, where a job's p50 is 6.5 s against 2.3 s at 16 (BENCHMARKS.md). Each job also
+        # holds its decoded audio in host memory (~230 MB per audio hour).
         max_concurrency=_int(env, "MAX_CONCURRENCY", 16 if device == "cuda" else 2, 1, 256),
         scheduler_gather_s=_int(env, "SCHEDULER_GATHER_MS", 20, 0, 10000) / 1000.0,
         # The transformers backend's scheduler only: vLLM takes every chunk as a request.
