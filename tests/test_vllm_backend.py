@@ -441,6 +441,10 @@ def test_input_processing_runs_in_front_end_processes_shortest_call_first(fake_v
     assert asr.args["scheduling_policy"] == aligner.args["scheduling_policy"] == "priority"
     pids = {p.pid for p in front._pool._processes.values()}
     assert len(pids) == 1 and os.getpid() not in pids
+    # One torch thread there: a thread per core in each of N processes starves the engines.
+    import torch
+
+    assert front._pool.submit(torch.get_num_threads).result() == 1
     long_chunks = [np.zeros(270 * SECOND, np.float32)] * 6
     prepared: list[tuple[str, int]] = []
     real_prepare = front.prepare

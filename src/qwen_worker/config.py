@@ -261,7 +261,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # vLLM's input processing (audio features, tokens) in processes of its own: in this
         # process it shared one event loop and the GIL with every job (frontend.py).
         vllm_frontend_processes=_int(env, "VLLM_FRONTEND_PROCESSES",
-                                     min(8, max(1, _usable_cores() // 2)), 1, 64),
+                                     # a core each; 4 left for the engine cores and jobs
+                                     min(12, max(1, _usable_cores() - 4)), 1, 64),
         max_download_bytes=_int(env, "MAX_DOWNLOAD_BYTES", 2 * 1024**3, 1, 1 << 40),
         max_base64_bytes=_int(env, "MAX_BASE64_BYTES", 20 * 1024**2, 1, 1 << 32),
         max_audio_seconds=_float(env, "MAX_AUDIO_SECONDS", 6 * 3600.0, 1.0, 1e7),

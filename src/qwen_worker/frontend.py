@@ -2,7 +2,7 @@
 
 Before a chunk can join vLLM's running batch, vLLM's input processing turns its prompt and
 audio into engine input: prompt tokens with the audio placeholder expanded, and the audio's
-mel features. That is CPU work (~0.3 s for a 270 s chunk, torch held to one thread), and
+mel features. That is CPU work (~0.4 s for a 270 s chunk, 0.02 s for 30 s, on one thread), and
 `AsyncLLM` does it inline, on the one event loop that owns the engine, under this process's
 GIL, one request at a time while every job thread competes for the same GIL. On an H200 it
 made a job wait 8.5 s of 12.9 s at 64 jobs while the GPU needed ~1.5 s (BENCHMARKS.md).
@@ -34,6 +34,12 @@ def _start(configs: dict[str, Any]) -> None:
     """Pool initializer. A failure is kept and raised by every task, with its message (a
     raising initializer only breaks the pool, its reason lost in the process's stderr)."""
     try:
+        import torch
+
+        # One thread each: the audio features are torch work, and N processes each using
+        # torch's default (a thread per core) oversubscribe the host and starve the
+        # engine-core processes, which need a core each to keep the GPU fed.
+        torch.set_num_threads(1)
         from vllm.v1.engine.input_processor import InputProcessor
 
         for name, config in configs.items():
