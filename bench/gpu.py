@@ -486,6 +486,38 @@ def main() -> int:
                 f"{name}_align_s": round(time.perf_counter() - t0, 2),
                 "audio_h": round(args.hour / 3600, 3)}
 
+    def front_end() -> dict:
+        """vLLM's input processing alone (the front-end processes): the clips' ASR inputs, then
+        the hour's chunks, each set sent at once."""
+        from qwen_worker.engine import padded
+        from qwen_worker.prompts import asr_prompt
+
+        prompt, n = asr_prompt("", "English"), engine._front.processes
+        row: dict[str, Any] = {"processes": n}
+        for name, audio in (("clips", clips), ("hour_chunks", chunks)):
+            t0 = time.perf_counter()
+            futures = [engine._front.prepare("asr", f"fe-{name}-{i}", prompt, padded(a))
+                       for i, a in enumerate(audio)]
+            for future in futures:
+                future.result()
+            wall = time.perf_counter() - t0
+            row[f"{name}_s"] = round(wall, 3)
+            row[f"{name}_ms_each"] = round(1000 * wall * min(n, len(audio)) / len(audio), 1)
+        return row
+
+    def one_call() -> dict:
+        """The clips as one transcribe and one align call: our engine class without jobs."""
+        t0 = time.perf_counter()
+        engine.transcribe(clips, ["English"] * len(clips), [""] * len(clips))
+        asr_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        engine.align(clips, [random_words(100, i) for i in range(len(clips))],
+                     ["English"] * len(clips))
+        align_s = time.perf_counter() - t0
+        audio_h = len(clips) * 30.0 / 3600
+        return {"clips": len(clips), "asr_s": round(asr_s, 3), "align_s": round(align_s, 3),
+                "gpu_s_per_audio_h": round((asr_s + align_s) / audio_h, 2)}
+
     def job_batch(conc: int) -> dict:
         memory.reset()
         with StackSampler() as where:
@@ -501,6 +533,11 @@ def main() -> int:
                 "p95_vs_alone": round(percentile(took, 0.95) / percentile(alone, 0.5), 2),
                 "asr_s_mean": round(float(np.mean([o["timings"]["asr"] for o in outs])), 3),
                 "align_s_mean": round(float(np.mean([o["timings"]["align"] for o in outs])), 3),
+                "decode_s_mean": round(float(np.mean([o["timings"]["decode"] for o in outs])), 3),
+                # the rest of a job: validation, merge, formats (and waiting for the GIL)
+                "rest_s_mean": round(float(np.mean([o["timings"]["total"] - sum(
+                    o["timings"][k] for k in ("download", "decode", "asr", "align"))
+                    for o in outs])), 3),
                 "peak_gib": round(memory.peak, 2),
                 "where": where.top() if args.where else []}
 
@@ -519,11 +556,15 @@ def main() -> int:
         check_outputs([short_out, long_out], "during")
         base = percentile(alone, 0.5) if alone else float("nan")
         return {"short_s": round(short_s, 3), "alone_p50_s": round(base, 3),
-                "vs_alone": round(short_s / base, 2), "long_s": round(long_s, 2)}
+                "vs_alone": round(short_s / base, 2), "long_s": round(long_s, 2),
+                "short_timings": short_out["timings"]}
 
     try:
         phase("hour", hour_job)
         phase("engines", lambda: engine_calls(engine, "vllm"))
+        if hasattr(engine, "_front"):
+            phase("frontend", front_end)
+        phase("one-call", one_call)
         for conc in [int(c) for c in args.concurrency.split(",")]:
             phase(f"jobs-{conc}", lambda conc=conc: job_batch(conc))
         phase("during", during)
