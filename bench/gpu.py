@@ -383,6 +383,8 @@ def main() -> int:
     ap.add_argument("--transformers", action="store_true", help="also the transformers backend")
     ap.add_argument("--concurrency", default="1,16,32,64")
     ap.add_argument("--jobs", type=int, default=64)
+    ap.add_argument("--steady", type=int, default=4,
+                    help="then the jobs this many times over at the highest concurrency")
     ap.add_argument("--hour", type=float, default=3600.0, help="seconds of the long file")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--where", action="store_true", help="sample the threads' stacks in job phases")
@@ -518,15 +520,18 @@ def main() -> int:
         return {"clips": len(clips), "asr_s": round(asr_s, 3), "align_s": round(align_s, 3),
                 "gpu_s_per_audio_h": round((asr_s + align_s) / audio_h, 2)}
 
-    def job_batch(conc: int) -> dict:
+    def job_batch(conc: int, rounds: int = 1) -> dict:
+        """The clips as jobs, `conc` at a time; `rounds` > 1 sends them that many times over,
+        so that `conc` jobs are in flight throughout (a busy worker) rather than one wave."""
+        batch = [{**job, "id": f"{job['id']}-r{r}"} for r in range(rounds) for job in jobs]
         memory.reset()
         with StackSampler() as where:
-            wall, took, outs = run_jobs(worker, jobs, conc)
+            wall, took, outs = run_jobs(worker, batch, conc)
         check_outputs(outs, f"jobs-{conc}")
         if not alone:
             alone.extend(took)
-        audio_h = len(jobs) * 30.0 / 3600
-        return {"jobs": len(jobs), "wall_s": round(wall, 2),
+        audio_h = len(batch) * 30.0 / 3600
+        return {"jobs": len(batch), "wall_s": round(wall, 2),
                 "gpu_s_per_audio_h": round(wall / audio_h, 2),
                 "p50_s": round(percentile(took, 0.5), 3), "p95_s": round(percentile(took, 0.95), 3),
                 "p50_vs_alone": round(percentile(took, 0.5) / percentile(alone, 0.5), 2),
@@ -567,6 +572,9 @@ def main() -> int:
         phase("one-call", one_call)
         for conc in [int(c) for c in args.concurrency.split(",")]:
             phase(f"jobs-{conc}", lambda conc=conc: job_batch(conc))
+        if args.steady > 1:
+            conc = max(int(c) for c in args.concurrency.split(","))
+            phase(f"steady-{conc}", lambda: job_batch(conc, args.steady))
         phase("during", during)
         if args.transformers:
             tf_settings = load_settings({**env, "ASR_BACKEND": "transformers",
