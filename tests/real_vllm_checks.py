@@ -150,7 +150,56 @@ def main() -> None:
         "pooling_task": request.pooling_params.task,
         "step_tag_id": request.pooling_params.step_tag_id}
     found["frontend"] = front_end(processor, config, params, al_proc, al_config, prompt)
+    found["reuse"] = reuse(processor, params, al_proc, aligner_dir)
     Path(out_path).write_text(json.dumps(found, indent=1))
+
+
+def reuse(processor, params, al_proc, aligner_dir) -> list:
+    """The aligner's input built from the ASR's (VllmEngine._aligner_input, as load_vllm_engine
+    sets it up) against the aligner's own processing of the same prompt and audio, after the
+    ASR's input went through the ASR engine's input processing (as it does in the worker)."""
+    import threading
+
+    import torch
+    from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
+    from transformers import AutoTokenizer
+    from vllm import PoolingParams
+
+    from qwen_worker.prompts import asr_prompt
+    from qwen_worker.vllm_engine import AUDIO_PLACEHOLDER, VllmEngine, _same_data
+
+    engine = VllmEngine.__new__(VllmEngine)
+    engine._aligner_tokenizer = AutoTokenizer.from_pretrained(aligner_dir)
+    engine._aligner_tokenizer_lock = threading.Lock()
+    engine._audio_pad_id = engine._aligner_tokenizer.convert_tokens_to_ids(AUDIO_PLACEHOLDER)
+    _, al_prompt = Qwen3ForceAlignProcessor().encode_timestamp(
+        " ".join(["Hello, world."] * 200), "English")
+    pooling = PoolingParams(task="token_classify")
+    rows = []
+    for seconds in (30, 270, 300):
+        audio = np.random.default_rng(seconds).normal(0, 0.1, seconds * SR).astype(np.float32)
+        asr_in = processor.input_preprocessor.preprocess(
+            {"prompt": asr_prompt("", "English"), "multi_modal_data": {"audio": audio}})
+        processor.process_inputs("asr", asr_in, params, supported_tasks=("generate",))
+        (place,) = asr_in["mm_placeholders"]["audio"]
+        built = engine._aligner_input("al", al_prompt, asr_in["mm_kwargs"], place)
+        own = al_proc.input_preprocessor.preprocess(
+            {"prompt": al_prompt, "multi_modal_data": {"audio": audio}})
+        made = al_proc.process_inputs("al", built, pooling, supported_tasks=("token_classify",))
+        raw = al_proc.process_inputs("raw", {"prompt": al_prompt, "multi_modal_data": {
+            "audio": audio}}, pooling, supported_tasks=("token_classify",))
+        feature, reference = made.mm_features[0], raw.mm_features[0]
+        rows.append({
+            "seconds": seconds,
+            "same_prompt_token_ids": built["prompt_token_ids"] == own["prompt_token_ids"]
+            == made.prompt_token_ids == raw.prompt_token_ids,
+            "same_placeholders": built["mm_placeholders"] == own["mm_placeholders"]
+            and feature.mm_position == reference.mm_position,
+            "same_features": _same_data(built["mm_kwargs"], own["mm_kwargs"]) and all(
+                torch.equal(feature.data[k].data, reference.data[k].data)
+                for k in reference.data),
+            "audio_tokens": place.length, "identifier": feature.identifier})
+    return rows
 
 
 def front_end(processor, config, params, al_proc, al_config, al_prompt) -> dict:

@@ -94,6 +94,19 @@ def test_the_front_end_processes_prepare_what_the_engine_would_have_made(real):
     assert front["error"].startswith("ValueError") and "Failed to apply" in front["error"]
 
 
+def test_the_aligner_input_built_from_the_asrs_is_what_vllm_makes_of_the_aligner_prompt(real):
+    """VllmEngine reuses the ASR's audio features for the aligner (no second feature
+    extraction): for 30, 270 and 300 s of audio, the input it builds has the token ids,
+    placeholder and features that vLLM's own processing of the aligner prompt gives, and the
+    aligner engine's input processing accepts it (after the ASR engine's took the features)."""
+    assert [(r["seconds"], r["audio_tokens"]) for r in real["reuse"]] == [
+        (30, 390), (270, 3510), (300, 3900)]
+    for row in real["reuse"]:
+        assert row["same_prompt_token_ids"] and row["same_placeholders"], row
+        assert row["same_features"], row
+        assert row["identifier"] == "al-audio-0"
+
+
 def test_a_control_token_in_a_raw_context_breaks_real_input_processing(real):
     """Why contexts are cleaned (prompts.ContextFitter): an `<|audio_pad|>` in the text makes
     vLLM's processor fail; a cleaned one is plain text."""

@@ -140,6 +140,49 @@ def test_each_chunk_is_one_request_with_qwen_asrs_prompt(fake_vllm, model_dirs):
     assert fake_vllm.ACTIVE == set()
 
 
+def test_the_aligner_reuses_the_asrs_audio_features(fake_vllm, model_dirs, monkeypatch):
+    """Both models turn a chunk's audio into the same features (checked at start-up), so the
+    aligner's input for a chunk the ASR has had is built from the ASR's: no second feature
+    extraction in the front end. It equals what the aligner's own processing gives; audio the
+    ASR never saw (a repair's stretch of a chunk) goes through the front end; nothing is kept
+    once the chunks are gone."""
+    import gc
+
+    engine = load_engine(_settings(model_dirs))
+    assert engine.reuses_features
+    (front,) = fake_vllm.FRONTS
+    asr, aligner = _engines(fake_vllm)
+    prepared: list[str] = []
+    real_prepare = front.prepare
+
+    def recording(name, *args, **kwargs):
+        prepared.append(name)
+        return real_prepare(name, *args, **kwargs)
+
+    monkeypatch.setattr(front, "prepare", recording)
+    chunks = [np.random.default_rng(i).normal(0, 0.1, s * SECOND).astype(np.float32)
+              for i, s in enumerate((20, 31))]
+    texts, english = ["hello there my friend", "one two three four five"], ["English"] * 2
+    engine.transcribe(chunks, english, ["", ""])
+    reused = engine.align(chunks, texts, english)
+    assert prepared == ["asr", "asr"]
+    built = aligner.requests[-2:]
+    copies = [c.copy() for c in chunks]  # the same audio, arrays the ASR never saw
+    own = engine.align(copies, texts, english)
+    assert prepared == ["asr", "asr", "aligner", "aligner"]
+    for b, o in zip(built, aligner.requests[-2:]):
+        assert b["prompt"]["prompt_token_ids"] == o["prompt"]["prompt_token_ids"]
+        assert b["prompt"]["mm_placeholders"] == o["prompt"]["mm_placeholders"]
+        np.testing.assert_array_equal(_audio(b), _audio(o))
+        assert b["prompt"]["mm_hashes"] == {"audio": [f"{b['request_id']}-audio-0"]}
+    assert reused == own and all(reused)
+    assert engine._features
+    del chunks, copies
+    gc.collect()
+    assert engine._features == {}
+    assert fake_vllm.ACTIVE == set()
+
+
 @pytest.mark.parametrize("language,suffix", [(None, "assistant\n"),
                                              ("French", "language French<asr_text>")])
 def test_detected_and_forced_language_prompts(fake_vllm, model_dirs, language, suffix):

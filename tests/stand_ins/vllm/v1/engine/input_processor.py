@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from vllm.multimodal.inputs import PlaceholderRange
+
 AUDIO_PLACEHOLDER = "<|audio_pad|>"
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # WhisperFeatureExtractor: one mel frame per 160 samples
@@ -32,6 +34,19 @@ def audio_token_count(num_samples: int) -> int:
     )
 
     return int(_get_feat_extract_output_lengths(-(-int(num_samples) // HOP_LENGTH)))
+
+
+def _placeholders(ids: list[int], audio_token_id: int) -> list[PlaceholderRange]:
+    """Where each run of audio tokens sits in the prompt."""
+    found: list[PlaceholderRange] = []
+    for i, token in enumerate(ids):
+        if token != audio_token_id:
+            continue
+        if found and found[-1].offset + found[-1].length == i:
+            found[-1] = PlaceholderRange(found[-1].offset, found[-1].length + 1)
+        else:
+            found.append(PlaceholderRange(i, 1))
+    return found
 
 
 def _audios(prompt: dict[str, Any]) -> list[np.ndarray]:
@@ -91,13 +106,21 @@ class InputProcessor:
         processed = {"type": "multimodal", "prompt_token_ids": ids, "prompt": prompt["prompt"],
                      "mm_kwargs": {"audio": [{"waveform": a} for a in audios]},
                      "mm_hashes": {"audio": [f"{name}-audio-{i}" for i in range(len(audios))]},
-                     "mm_placeholders": {"audio": counts}}
+                     "mm_placeholders": {"audio": _placeholders(ids, self.audio_token_id)}}
         self.validate(processed)
         return processed
 
     def validate(self, processed: dict[str, Any]) -> None:
         """The checks vLLM 0.22.0 makes on processed input (`process_inputs`)."""
-        for n in processed["mm_placeholders"].get("audio", []):
+        ids = processed["prompt_token_ids"]
+        if processed["mm_placeholders"].get("audio", []) != _placeholders(ids, self.audio_token_id):
+            raise ValueError("Failed to apply prompt replacement for mm_items['audio'][0].")
+        waves = [item["waveform"] for item in processed["mm_kwargs"].get("audio", [])]
+        lengths = [p.length for p in processed["mm_placeholders"].get("audio", [])]
+        if lengths != [audio_token_count(w.shape[0]) for w in waves]:
+            # The real engine core dies on this ("Attempted to assign ... multimodal tokens").
+            raise ValueError(f"audio placeholders {lengths} do not fit the audio's features")
+        for n in lengths:
             if n > self.max_num_batched_tokens:
                 raise ValueError(
                     f"The decoder prompt contains a(n) audio item with {n} embedding tokens, which "
