@@ -207,3 +207,27 @@ def test_turns_are_clipped_sorted_joined_and_relabelled_by_first_appearance():
     assert to_turns(tracks, duration=9.0) == [
         Turn(0.0, 3.0, "SPEAKER_00"), Turn(3.0, 7.0, "SPEAKER_01"),
         Turn(7.0, 9.0, "SPEAKER_02")]
+
+
+def test_settings_offer_diarization_only_where_the_pipeline_folder_is(pipeline_dir, tmp_path):
+    from qwen_worker import config
+
+    default = config.load_settings({})
+    assert default.diarization_model_dir == config.BAKED_DIARIZATION_DIR
+    assert default.diarization_available == config.BAKED_DIARIZATION_DIR.is_dir()
+    assert default.diarization_embedding_batch_size == 32
+    chosen = config.load_settings({"DIARIZATION_MODEL_DIR": str(pipeline_dir),
+                                   "DIARIZATION_EMBEDDING_BATCH_SIZE": "8"})
+    assert chosen.diarization_model_dir == pipeline_dir and chosen.diarization_available
+    assert chosen.diarization_embedding_batch_size == 8
+    # Set on purpose but wrong: a clear error, not diarization silently off; never a hub id.
+    for value in (str(tmp_path / "absent"), "pyannote/speaker-diarization-community-1"):
+        with pytest.raises(config.ConfigError, match="DIARIZATION_MODEL_DIR"):
+            config.load_settings({"DIARIZATION_MODEL_DIR": value})
+    with pytest.raises(config.ConfigError, match="DIARIZATION_EMBEDDING_BATCH_SIZE"):
+        config.load_settings({"DIARIZATION_EMBEDDING_BATCH_SIZE": "0"})
+
+
+def test_the_embedding_batch_size_reaches_the_pipeline(pipeline_dir, offline):
+    loaded = load_diarizer(pipeline_dir, "cpu", embedding_batch_size=4)
+    assert loaded._pipeline.embedding_batch_size == 4
