@@ -6,7 +6,8 @@ weights generated here (the real one is gated and cannot be downloaded in tests)
 
 Layout (what Pipeline.from_pretrained(folder) reads offline):
     config.yaml                      community-1's pipeline section and tuned parameters
-    segmentation/pytorch_model.bin   PyanNet, 10 s chunks, powerset of 3 local speakers (<= 2 at once)
+    segmentation/pytorch_model.bin   PyanNet, 10 s chunks, powerset of 3 local speakers
+                                     (at most 2 at once)
     embedding/pytorch_model.bin      WeSpeaker ResNet (ResNet34 when full), 256-dim embeddings
     plda/xvec_transform.npz, plda/plda.npz   well-conditioned random VBx PLDA (128 dims)
 
@@ -16,16 +17,23 @@ version and the `pyannote.audio` entry (versions, architecture, specifications).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from pyannote.audio.core.task import Problem, Resolution, Specifications, Task
-from pyannote.audio.models.embedding.wespeaker import BaseWeSpeakerResNet, WeSpeakerResNet34
-from pyannote.audio.models.embedding.wespeaker.resnet import BasicBlock, ResNet
-from pyannote.audio.models.segmentation import PyanNet
+# Before pyannote's first import: its telemetry would otherwise be on in this process.
+os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
+
+from pyannote.audio.core.task import Problem, Resolution, Specifications, Task  # noqa: E402
+from pyannote.audio.models.embedding.wespeaker import (  # noqa: E402
+    BaseWeSpeakerResNet,
+    WeSpeakerResNet34,
+)
+from pyannote.audio.models.embedding.wespeaker.resnet import BasicBlock, ResNet  # noqa: E402
+from pyannote.audio.models.segmentation import PyanNet  # noqa: E402
 
 EMBEDDING_DIM = 256  # WeSpeaker ResNet34's, what community-1's PLDA transform expects
 PLDA_DIM = 128  # pyannote's PLDA lda_dimension

@@ -51,6 +51,7 @@ class Diarizer:
         # The in-memory form: from a path, pyannote re-reads the file for every embedding.
         audio = {"waveform": torch.from_numpy(samples)[None], "sample_rate": SAMPLE_RATE}
         with self._lock:
+            _release_gpu_cache(self.device)  # blocks cached by earlier work in this process
             try:
                 output = self._pipeline(audio, num_speakers=count.num_speakers,
                                         min_speakers=count.min_speakers,
