@@ -154,6 +154,30 @@ def test_a_pipeline_failure_is_an_engine_error_and_the_next_call_works(diarizer,
     _assert_well_formed(diarizer.diarize(clip, SpeakerCount(num_speakers=1)), 12.0)
 
 
+def test_the_pipeline_gets_the_decoded_samples_in_memory_without_a_copy(diarizer, sample):
+    """Never a file path (pyannote re-reads a file for every embedding, ~20x slower), and no
+    second copy of hours of audio."""
+    clip = sample[:12 * SECONDS]
+    real, seen = diarizer._pipeline, []
+
+    def recording(audio, **kwargs):
+        seen.append((audio, kwargs))
+        return real(audio, **kwargs)
+
+    diarizer._pipeline = recording
+    try:
+        turns = diarizer.diarize(clip, SpeakerCount(min_speakers=1, max_speakers=2))
+    finally:
+        diarizer._pipeline = real
+    _assert_well_formed(turns, 12.0)
+    ((audio, kwargs),) = seen
+    # pyannote adds its own keys ("uri") to the dict; an "audio" key would be a file path.
+    assert "audio" not in audio and audio["sample_rate"] == 16000
+    assert tuple(audio["waveform"].shape) == (1, len(clip))
+    assert np.shares_memory(audio["waveform"].numpy(), clip)
+    assert kwargs == {"num_speakers": None, "min_speakers": 1, "max_speakers": 2}
+
+
 def test_telemetry_is_off_after_loading(diarizer):
     from pyannote.audio.telemetry.metrics import is_metrics_enabled
 
