@@ -4,6 +4,8 @@
 #   docker build -t qwen3-asr-worker .
 #   docker build --build-arg ASR_MODEL_ID=Qwen/Qwen3-ASR-1.7B -t qwen3-asr-worker:1.7b .
 #   HF_TOKEN=... docker build --secret id=hf_token,env=HF_TOKEN -t qwen3-asr-worker .
+#   HF_TOKEN=... docker build --secret id=hf_token,env=HF_TOKEN --build-arg WITH_DIARIZATION=1 \
+#       -t qwen3-asr-worker:diarize .
 #
 # CUDA: vllm 0.22.0 pins torch==2.11.0, whose default PyPI wheels are CUDA 13.0 builds
 # (nvidia-cuda-runtime 13.0.x), and vLLM 0.22.0's compiled parts link libcudart.so.13. The
@@ -34,8 +36,19 @@ WORKDIR /app
 # any conflict. qwen-asr comes last, without its dependencies: they drag in gradio/flask demo
 # code that inference never imports (and that the check would flag). CI then adds only its
 # test tools, so its torch and vllm are the image's.
-COPY requirements.txt requirements-gpu.txt /app/
-RUN uv pip install --no-cache -r requirements-gpu.txt -r requirements.txt \
+# WITH_DIARIZATION=1 adds optional speaker diarization (pyannote.audio, requirements-diarize.txt)
+# to that same resolution, so that it cannot move a pin of the ASR stack; the default image
+# stays without it. CI installs the WITH_DIARIZATION=1 set (it runs the diarization tests).
+COPY requirements.txt requirements-gpu.txt requirements-diarize.txt /app/
+ARG WITH_DIARIZATION=0
+RUN if [ "${WITH_DIARIZATION}" = 1 ]; then \
+        uv pip install --no-cache -r requirements-gpu.txt -r requirements.txt \
+            -r requirements-diarize.txt; \
+    elif [ "${WITH_DIARIZATION}" = 0 ]; then \
+        uv pip install --no-cache -r requirements-gpu.txt -r requirements.txt; \
+    else \
+        echo "WITH_DIARIZATION must be 0 or 1, got ${WITH_DIARIZATION}" >&2; exit 1; \
+    fi \
     && uv pip check \
     && uv pip install --no-cache --no-deps qwen-asr==0.0.6
 
@@ -43,6 +56,8 @@ RUN uv pip install --no-cache -r requirements-gpu.txt -r requirements.txt \
 # fetch_models.py checks what it got and fails the build naming any missing file.
 # The token (only needed for gated or private repos) comes from a BuildKit secret, never from
 # a build argument or a layer; the hub client's cache stays in a build cache mount.
+# With WITH_DIARIZATION=1 it also bakes pyannote/speaker-diarization-community-1 (gated: the
+# token's account must have accepted its conditions) at the revision pinned in fetch_models.py.
 COPY builder/ /app/builder/
 ARG ASR_MODEL_ID=Qwen/Qwen3-ASR-0.6B
 ARG ASR_REVISION=main
@@ -52,14 +67,18 @@ RUN --mount=type=secret,id=hf_token,env=HF_TOKEN \
     python /app/builder/fetch_models.py \
         --asr-model "${ASR_MODEL_ID}" --asr-revision "${ASR_REVISION}" \
         --aligner-revision "${ALIGNER_REVISION}" \
-        --asr-dir /models/asr --aligner-dir /models/aligner
+        --asr-dir /models/asr --aligner-dir /models/aligner \
+        --with-diarization "${WITH_DIARIZATION}" --diarization-dir /models/diarization
 
 # Runtime: no hub access (the weights are in /models), and runpod at INFO, because at its
 # default DEBUG level it logs every job's output, transcripts included.
 # PYTORCH_NVML_BASED_CUDA_CHECK: the worker never initialises CUDA in its own process, and
 # torch's default CUDA check would (the worker also sets it in code). vLLM's engine processes
 # are started with spawn: the worker sets VLLM_WORKER_MULTIPROC_METHOD=spawn itself.
+# PYANNOTE_METRICS_ENABLED=0: pyannote.audio (WITH_DIARIZATION=1) otherwise sends usage
+# telemetry to its vendor.
 ENV HF_HUB_OFFLINE=1 \
+    PYANNOTE_METRICS_ENABLED=0 \
     PYTORCH_NVML_BASED_CUDA_CHECK=1 \
     TRANSFORMERS_OFFLINE=1 \
     RUNPOD_LOG_LEVEL=INFO \

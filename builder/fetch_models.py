@@ -1,6 +1,8 @@
-"""Bake the Qwen3-ASR and Qwen3-ForcedAligner weights into the image (run at build time).
+"""Bake the Qwen3-ASR and Qwen3-ForcedAligner weights into the image (run at build time), and
+with --with-diarization 1 the pyannote speaker-diarization-community-1 pipeline.
 
     python builder/fetch_models.py [--asr-model ID] [--asr-revision REV] [--aligner-revision REV]
+                                   [--with-diarization 0|1] [--diarization-revision SHA]
 
 Three steps, each a function: `plan` (what to fetch, from arguments and environment),
 `download` (huggingface_hub.snapshot_download, only the files inference reads) and `verify`
@@ -13,8 +15,12 @@ Environment (command-line flags win):
     ALIGNER_MODEL_ID  Qwen/Qwen3-ForcedAligner-0.6B (default)
     ALIGNER_REVISION  branch, tag or commit of the aligner repo (default "main")
     ASR_DIR / ALIGNER_DIR  target folders (default /models/asr, /models/aligner)
-    HF_TOKEN          optional Hugging Face token; the Dockerfile passes it from a BuildKit
-                      secret so that it never lands in a layer or in the build arguments
+    WITH_DIARIZATION  "1" also bakes the diarization pipeline (default "0")
+    DIARIZATION_REVISION  commit of the pipeline repo (default DIARIZATION_REVISION below)
+    DIARIZATION_DIR   its target folder (default /models/diarization)
+    HF_TOKEN          Hugging Face token, optional for the Qwen repos, required for the gated
+                      pipeline; the Dockerfile passes it from a BuildKit secret so that it never
+                      lands in a layer or in the build arguments
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import os
 import struct
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -32,6 +39,25 @@ DEFAULT_ASR_ID = "Qwen/Qwen3-ASR-0.6B"
 DEFAULT_ALIGNER_ID = "Qwen/Qwen3-ForcedAligner-0.6B"
 DEFAULT_ASR_DIR = Path("/models/asr")  # qwen_worker.config.BAKED_ASR_DIR
 DEFAULT_ALIGNER_DIR = Path("/models/aligner")  # qwen_worker.config.BAKED_ALIGNER_DIR
+DEFAULT_DIARIZATION_DIR = Path("/models/diarization")  # qwen_worker.config.BAKED_DIARIZATION_DIR
+
+# pyannote.audio 4's pipeline (CC-BY-4.0; gated: accept its conditions on the hub once). Pinned
+# to a commit, not a branch: its config.yaml decides what pyannote instantiates at start-up.
+DIARIZATION_ID = "pyannote/speaker-diarization-community-1"
+DIARIZATION_REVISION = "3533c8cf8e369892e6b79ff1bf80f7b0286a54ee"
+# What Pipeline.from_pretrained(folder) reads: the pipeline config with its tuned parameters,
+# the segmentation and embedding checkpoints and VBx's PLDA (the README and images are left out).
+DIARIZATION_FILES: tuple[str, ...] = (
+    "config.yaml",
+    "segmentation/pytorch_model.bin",
+    "embedding/pytorch_model.bin",
+    "plda/xvec_transform.npz",
+    "plda/plda.npz",
+)
+DIARIZATION_PIPELINE = "pyannote.audio.pipelines.SpeakerDiarization"
+# The arrays pyannote's VBx reads from each PLDA file.
+PLDA_ARRAYS = {"plda/xvec_transform.npz": ("mean1", "mean2", "lda"),
+               "plda/plda.npz": ("mu", "tr", "psi")}
 
 # What qwen-asr's loaders read (AutoModel / AutoProcessor.from_pretrained on a local folder):
 # model and generation configs, safetensors weights (one file, or shards plus their index),
@@ -65,7 +91,7 @@ class FetchError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    role: str  # "asr" | "aligner"
+    role: str  # "asr" | "aligner" | "diarization"
     repo_id: str
     revision: str
     local_dir: Path
@@ -98,12 +124,20 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                         default=Path(default("ASR_DIR", str(DEFAULT_ASR_DIR))))
     parser.add_argument("--aligner-dir", type=Path,
                         default=Path(default("ALIGNER_DIR", str(DEFAULT_ALIGNER_DIR))))
+    parser.add_argument("--with-diarization", choices=("0", "1"),
+                        default=default("WITH_DIARIZATION", "0"))
+    parser.add_argument("--diarization-revision",
+                        default=default("DIARIZATION_REVISION", DIARIZATION_REVISION))
+    parser.add_argument("--diarization-dir", type=Path,
+                        default=Path(default("DIARIZATION_DIR", str(DEFAULT_DIARIZATION_DIR))))
     return parser
 
 
 def plan(argv: Sequence[str], env: Mapping[str, str]) -> FetchPlan:
     """What to fetch and where, from the command line with the environment as defaults."""
     args = _parser(env).parse_args(list(argv))
+    if args.with_diarization not in ("0", "1"):  # from the environment, which argparse trusts
+        raise FetchError(f"WITH_DIARIZATION must be 0 or 1, got {args.with_diarization!r}")
     for flag, value in (("--asr-model", args.asr_model), ("--aligner-model", args.aligner_model),
                         ("--asr-revision", args.asr_revision),
                         ("--aligner-revision", args.aligner_revision)):
@@ -112,14 +146,23 @@ def plan(argv: Sequence[str], env: Mapping[str, str]) -> FetchPlan:
     if args.asr_dir.resolve() == args.aligner_dir.resolve():
         raise FetchError(f"the ASR and aligner folders are the same: {args.asr_dir}")
     token = env.get("HF_TOKEN", "").strip() or None
-    return FetchPlan(
-        models=(
-            ModelSpec("asr", args.asr_model.strip(), args.asr_revision.strip(), args.asr_dir),
-            ModelSpec("aligner", args.aligner_model.strip(), args.aligner_revision.strip(),
-                      args.aligner_dir),
-        ),
-        token=token,
-    )
+    models = [
+        ModelSpec("asr", args.asr_model.strip(), args.asr_revision.strip(), args.asr_dir),
+        ModelSpec("aligner", args.aligner_model.strip(), args.aligner_revision.strip(),
+                  args.aligner_dir),
+    ]
+    if args.with_diarization == "1":
+        if not args.diarization_revision.strip():
+            raise FetchError("--diarization-revision is empty")
+        if args.diarization_dir.resolve() in (args.asr_dir.resolve(), args.aligner_dir.resolve()):
+            raise FetchError(f"the diarization folder is a model's folder: {args.diarization_dir}")
+        if token is None:
+            raise FetchError(f"{DIARIZATION_ID} is gated: accept its conditions on "
+                             f"https://huggingface.co/{DIARIZATION_ID} and build with "
+                             "--secret id=hf_token,env=HF_TOKEN")
+        models.append(ModelSpec("diarization", DIARIZATION_ID, args.diarization_revision.strip(),
+                                args.diarization_dir))
+    return FetchPlan(models=tuple(models), token=token)
 
 
 def download(spec: ModelSpec, token: str | None) -> Path:
@@ -130,7 +173,8 @@ def download(spec: ModelSpec, token: str | None) -> Path:
             repo_id=spec.repo_id,
             revision=spec.revision,
             local_dir=str(spec.local_dir),
-            allow_patterns=list(ALLOW_PATTERNS),
+            allow_patterns=list(DIARIZATION_FILES if spec.role == "diarization"
+                                else ALLOW_PATTERNS),
             token=token,
         )
     except Exception as exc:  # the hub client raises many types; all end the build
@@ -233,9 +277,70 @@ def _verify_tokenizer(folder: Path) -> None:
                          "neither chat_template.json nor chat_template.jinja")
 
 
+def _verify_checkpoint(path: Path) -> None:
+    """A torch.save file is a zip archive: every member's CRC is checked (a Git LFS pointer, an
+    HTML page or a cut-off download fails here), nothing is unpickled."""
+    if not path.is_file():
+        raise FetchError(f"missing {path.name} in {path.parent}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise FetchError(f"{path} is not a complete PyTorch checkpoint: {exc}") from None
+    if bad is not None:
+        raise FetchError(f"{path} is damaged: {bad} fails its CRC check")
+    if not any(name.endswith("/data.pkl") for name in names):
+        raise FetchError(f"{path} is not a PyTorch checkpoint (no data.pkl)")
+
+
+def _verify_plda(path: Path, arrays: tuple[str, ...]) -> None:
+    import numpy as np
+
+    if not path.is_file():
+        raise FetchError(f"missing {path.name} in {path.parent}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for name in arrays:
+                if name not in data.files:
+                    raise FetchError(f"{path} has no array {name!r}")
+                if not np.all(np.isfinite(data[name])):
+                    raise FetchError(f"{path}: array {name!r} holds NaN or infinity")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FetchError(f"{path} is not a complete .npz file: {exc}") from None
+
+
+def _verify_diarization(folder: Path) -> None:
+    """The community-1 layout, with every model taken from the folder itself ($model/...)."""
+    import yaml
+
+    config_path = folder / "config.yaml"
+    if not config_path.is_file():
+        raise FetchError(f"missing config.yaml (pipeline config) in {folder}")
+    try:
+        config = yaml.safe_load(config_path.read_text("utf-8"))
+        pipeline = config["pipeline"]
+        name, params = pipeline["name"], pipeline["params"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise FetchError(f"{config_path} is not a pyannote pipeline config: {exc!r}") from None
+    if name != DIARIZATION_PIPELINE:
+        raise FetchError(f"{config_path}: pipeline {name!r}, expected {DIARIZATION_PIPELINE!r}")
+    for part in ("segmentation", "embedding", "plda"):
+        if params.get(part) != f"$model/{part}":
+            raise FetchError(f"{config_path}: {part} is {params.get(part)!r}, expected "
+                             f"'$model/{part}' (the folder's own)")
+    for name in ("segmentation/pytorch_model.bin", "embedding/pytorch_model.bin"):
+        _verify_checkpoint(folder / name)
+    for name, arrays in PLDA_ARRAYS.items():
+        _verify_plda(folder / name, arrays)
+
+
 def verify(spec: ModelSpec) -> None:
     """Check that spec.local_dir is a complete model of the kind spec.role expects."""
     folder = spec.local_dir
+    if spec.role == "diarization":
+        _verify_diarization(folder)
+        return
     config = _read_json(folder / "config.json", "model config")
     if config.get("model_type") != MODEL_TYPE:
         raise FetchError(f"{folder}/config.json: model_type is {config.get('model_type')!r}, "

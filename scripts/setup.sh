@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with the GPU image's exact Python stack, installed by the same steps as the
-# Dockerfile (uv 0.13.9; requirements-gpu.txt + requirements.txt in one resolution; uv pip
+# Dockerfile (uv 0.13.9; requirements-gpu.txt + requirements.txt, with requirements-diarize.txt
+# as in an image built with WITH_DIARIZATION=1, in one resolution; uv pip
 # check; qwen-asr without its dependencies), plus the test tools of requirements-dev.txt.
 # Why the image's stack on a CPU machine: CI's torch is then the image's torch (2.11.0, PyPI's
 # CUDA 13.0 build, which imports and runs on CPU), so CI proves that the image's pins resolve
@@ -24,8 +25,10 @@ uv_pip() { quiet .venv/bin/uv pip "$1" --python .venv/bin/python "${@:2}"; }
 # A second run starts from a fresh install's state: qwen-asr (no dependencies) goes first, or
 # the checks below would report its demo dependencies as missing.
 uv_pip uninstall qwen-asr
-# The image's resolution, as in the Dockerfile: one install, then a consistency check.
-uv_pip install -r requirements-gpu.txt -r requirements.txt
+# The image's resolution, as in the Dockerfile: one install, then a consistency check. CI
+# installs the diarization image's set (--build-arg WITH_DIARIZATION=1), so that the
+# diarization tests run on the exact pyannote stack that image gets.
+uv_pip install -r requirements-gpu.txt -r requirements.txt -r requirements-diarize.txt
 uv_pip check
 # The test tools, resolved against the runtime pins; the check again proves they moved nothing
 # into conflict.

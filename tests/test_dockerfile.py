@@ -151,6 +151,24 @@ def dockerfile() -> list[tuple[str, str]]:
     return instructions(DOCKERFILE.read_text("utf-8"))
 
 
+# The one shell branch on the WITH_DIARIZATION build argument (instructions() has joined it onto
+# one line): 1 installs requirements-diarize.txt too, 0 does not, anything else fails the build.
+DIARIZATION_BRANCH = re.compile(
+    r'if \[ "\$\{WITH_DIARIZATION\}" = 1 \]; then (?P<on>.*?); '
+    r'elif \[ "\$\{WITH_DIARIZATION\}" = 0 \]; then (?P<off>.*?); '
+    r'else (?P<other>.*?); fi')
+
+
+def image_runs(steps, with_diarization: bool) -> list[str]:
+    """The RUN commands as an image built with WITH_DIARIZATION=1 (or 0) runs them."""
+    runs = []
+    for ins, args in steps:
+        if ins == "RUN":
+            runs.append(DIARIZATION_BRANCH.sub(
+                lambda m: m.group("on" if with_diarization else "off"), args))
+    return runs
+
+
 def _index(steps, predicate, what: str) -> int:
     hits = [i for i, step in enumerate(steps) if predicate(*step)]
     assert len(hits) == 1, f"expected exactly one {what} in the Dockerfile, found {len(hits)}"
@@ -188,8 +206,45 @@ def _resolution_step(steps, where: str) -> int:
     return hits[0]
 
 
+def test_with_diarization_only_adds_its_requirements_to_the_one_resolution(dockerfile):
+    installs = [args for ins, args in dockerfile if ins == "RUN" and GPU_REQUIREMENTS in args]
+    assert len(installs) == 1 and len(DIARIZATION_BRANCH.findall(installs[0])) == 1, installs
+    other = DIARIZATION_BRANCH.search(installs[0]).group("other")
+    assert "exit 1" in other, "an unknown WITH_DIARIZATION value must fail the build"
+    args_before = [args for ins, args in dockerfile[:dockerfile.index(("RUN", installs[0]))]
+                   if ins == "ARG"]
+    assert "WITH_DIARIZATION=0" in args_before, "diarization must be off by default"
+    on = install_steps(image_runs(dockerfile, True))
+    off = install_steps(image_runs(dockerfile, False))
+    at = _resolution_step(on, "WITH_DIARIZATION=1")
+    assert _resolution_step(off, "WITH_DIARIZATION=0") == at
+    assert sorted(requirement_files(on[at][2])) == sorted(
+        [GPU_REQUIREMENTS, "requirements.txt", "requirements-diarize.txt"])
+    assert sorted(requirement_files(off[at][2])) == sorted([GPU_REQUIREMENTS, "requirements.txt"])
+    assert named_pins(on[at][2]) == named_pins(off[at][2]) == []
+    assert on[:at] + on[at + 1:] == off[:at] + off[at + 1:]  # every other step the same
+
+
+def test_diarization_pins_move_no_pin_of_the_asr_stack():
+    gpu, runtime, diarize = (pins(GPU_REQUIREMENTS), pins("requirements.txt"),
+                             pins("requirements-diarize.txt"))
+    assert set(diarize) == {"pyannote.audio", "torchaudio"}, diarize
+    assert not set(diarize) & (set(gpu) | set(runtime))
+    for req in diarize.values():
+        assert str(req.specifier).startswith("=="), f"{req} is not pinned"
+    # torchaudio's wheel does not declare the torch it is built for: same minor version.
+    version = {name: Version(next(iter(req.specifier)).version)
+               for name, req in {**gpu, **diarize}.items()}
+    assert version["torchaudio"].release[:2] == version["torch"].release[:2]
+    if _installed("pyannote.audio") is not None:  # CI: the venv holds the diarization set
+        for name, req in diarize.items():
+            assert req.specifier.contains(_installed(name)), (name, _installed(name))
+
+
 def test_image_installs_what_ci_installs(dockerfile):
-    image = install_steps([args for ins, args in dockerfile if ins == "RUN"])
+    # CI installs what an image built with WITH_DIARIZATION=1 installs (the default image: the
+    # same steps without requirements-diarize.txt, test above).
+    image = install_steps(image_runs(dockerfile, True))
     ci = install_steps(ci_commands())
 
     # pip installs only uv, at the same pin, in both; everything else goes through that uv.
@@ -204,7 +259,8 @@ def test_image_installs_what_ci_installs(dockerfile):
     for where, steps in (("Dockerfile", image), ("CI", ci)):
         at = _resolution_step(steps, where)
         args = steps[at][2]
-        assert sorted(requirement_files(args)) == sorted([GPU_REQUIREMENTS, "requirements.txt"])
+        assert sorted(requirement_files(args)) == sorted(
+            [GPU_REQUIREMENTS, "requirements.txt", "requirements-diarize.txt"])
         assert named_pins(args) == [] and "--no-deps" not in args, (where, args)
         assert steps[at + 1] == ("uv", "check", ()), f"{where}: no uv pip check after {args}"
         # qwen-asr last, without its dependencies: after the check, which it would fail.
@@ -336,9 +392,11 @@ def test_fetch_step_takes_build_args_and_the_token_from_a_secret(dockerfile):
     args_before = {args.split("=", 1)[0]: args.split("=", 1)[1] if "=" in args else None
                    for ins, args in steps[:_fetch_step(steps)] if ins == "ARG"}
     assert args_before == {"ASR_MODEL_ID": "Qwen/Qwen3-ASR-0.6B", "ASR_REVISION": "main",
-                           "ALIGNER_REVISION": "main"}
+                           "ALIGNER_REVISION": "main", "WITH_DIARIZATION": "0"}
     for name in args_before:
         assert "${%s}" % name in fetch_args
+    assert '--with-diarization "${WITH_DIARIZATION}"' in fetch_args
+    assert f"--diarization-dir {config.BAKED_DIARIZATION_DIR}" in fetch_args
     assert "--mount=type=secret,id=hf_token" in fetch_args
     assert not any("HF_TOKEN" in args for ins, args in steps if ins in ("ARG", "ENV"))
     assert f"--asr-dir {config.BAKED_ASR_DIR}" in fetch_args
@@ -348,7 +406,8 @@ def test_fetch_step_takes_build_args_and_the_token_from_a_secret(dockerfile):
 def test_runtime_environment_and_entry_point(dockerfile):
     env = " ".join(args for ins, args in dockerfile if ins == "ENV")
     for setting in ("HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "RUNPOD_LOG_LEVEL=INFO",
-                    "PYTHONUNBUFFERED=1", "PYTORCH_NVML_BASED_CUDA_CHECK=1"):
+                    "PYTHONUNBUFFERED=1", "PYTORCH_NVML_BASED_CUDA_CHECK=1",
+                    "PYANNOTE_METRICS_ENABLED=0"):
         assert setting in env
     assert ("WORKDIR", "/app") in dockerfile
     assert dockerfile[-1] == ("CMD", '["python", "-u", "/app/src/handler.py"]')

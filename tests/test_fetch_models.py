@@ -20,8 +20,10 @@ SCRIPT = "Hello, world."
 ASR_06 = "Qwen/Qwen3-ASR-0.6B"
 ASR_17 = "Qwen/Qwen3-ASR-1.7B"
 ALIGNER = "Qwen/Qwen3-ForcedAligner-0.6B"
+DIARIZATION = "pyannote/speaker-diarization-community-1"
 FETCH_ENV = ("ASR_MODEL_ID", "ASR_REVISION", "ALIGNER_MODEL_ID", "ALIGNER_REVISION",
-             "ASR_DIR", "ALIGNER_DIR", "HF_TOKEN")
+             "ASR_DIR", "ALIGNER_DIR", "HF_TOKEN", "WITH_DIARIZATION", "DIARIZATION_REVISION",
+             "DIARIZATION_DIR")
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +91,14 @@ class StandInHub:
         if self.fail is not None:
             raise self.fail
         repo = self.root / kwargs["repo_id"]
-        names = [p.name for p in repo.iterdir() if p.is_file()]
+        names = [p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()]
         keep = filter_repo_objects(names, allow_patterns=kwargs.get("allow_patterns"),
                                    ignore_patterns=kwargs.get("ignore_patterns"))
         target = Path(kwargs["local_dir"])
         target.mkdir(parents=True, exist_ok=True)
         for name in keep:
             if name not in self.drop.get(kwargs["repo_id"], set()):
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(repo / name, target / name)
         return str(target)
 
@@ -283,3 +286,121 @@ def test_hub_errors_fail_the_build_naming_repo_and_revision(
 
     err = capsys.readouterr().err
     assert f"download of {ASR_06}@nope failed: OSError: 401 Unauthorized" in err
+
+
+# Speaker diarization (--with-diarization 1): pyannote's community-1 pipeline, gated, pinned.
+
+
+@pytest.fixture(scope="module")
+def diarization_hub(hub) -> Path:
+    """The stand-in hub with a community-1-like pipeline repo (tests/tiny_diarization.py: the
+    real layout with random weights) and the files the real repo has beside it."""
+    import tiny_diarization
+
+    repo = tiny_diarization.build_pipeline_dir(hub / DIARIZATION)
+    (repo / "README.md").write_text("# community-1\n", "utf-8")
+    (repo / ".gitattributes").write_text("*.bin filter=lfs\n", "utf-8")
+    (repo / "assets").mkdir(exist_ok=True)
+    (repo / "assets" / "pipeline.png").write_bytes(b"\x89PNG not needed")
+    return hub
+
+
+def _run_diarization(fetch_models, monkeypatch, stand_in, tmp_path, *argv: str) -> int:
+    return _run(fetch_models, monkeypatch, stand_in, tmp_path, "--with-diarization", "1",
+                "--diarization-dir", str(tmp_path / "diarization"), *argv)
+
+
+def test_with_diarization_bakes_the_pinned_pipeline_that_loads_offline(
+        fetch_models, diarization_hub, clean_env, tmp_path):
+    clean_env.setenv("HF_TOKEN", "hf_secret_from_buildkit")
+    stand_in = StandInHub(diarization_hub)
+
+    assert _run_diarization(fetch_models, clean_env, stand_in, tmp_path) == 0
+
+    (call,) = [c for c in stand_in.calls if c["repo_id"] == DIARIZATION]
+    assert len(fetch_models.DIARIZATION_REVISION) == 40
+    assert (call["revision"], call["token"], call["local_dir"]) == (
+        fetch_models.DIARIZATION_REVISION, "hf_secret_from_buildkit",
+        str(tmp_path / "diarization"))
+    baked = sorted(p.relative_to(tmp_path / "diarization").as_posix()
+                   for p in (tmp_path / "diarization").rglob("*") if p.is_file())
+    assert baked == sorted(fetch_models.DIARIZATION_FILES)  # no README, images, .gitattributes
+
+    # What the worker then does with the baked folder, with the hub off as in the image.
+    import huggingface_hub.constants
+    import tiny_diarization
+    from qwen_worker.diarize import load_diarizer
+    from qwen_worker.speakers import SpeakerCount
+
+    clean_env.setenv("HF_HUB_OFFLINE", "1")
+    clean_env.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    diarizer = load_diarizer(tmp_path / "diarization", "cpu")
+    turns = diarizer.diarize(tiny_diarization.sample_audio()[:10 * 16000],
+                             SpeakerCount(num_speakers=1))
+    assert turns and {t.speaker for t in turns} == {"SPEAKER_00"}
+
+
+def test_diarization_is_off_by_default_and_its_revision_can_be_set(
+        fetch_models, hub, clean_env, tmp_path):
+    stand_in = StandInHub(hub)
+    assert _run(fetch_models, clean_env, stand_in, tmp_path) == 0
+    assert [c["repo_id"] for c in stand_in.calls] == [ASR_06, ALIGNER]
+    assert not (tmp_path / "diarization").exists()
+    plan = fetch_models.plan(["--diarization-revision", "abc"],
+                             {"WITH_DIARIZATION": "1", "HF_TOKEN": "t"})
+    assert [(m.role, m.repo_id, m.revision, m.local_dir) for m in plan.models][-1] == (
+        "diarization", DIARIZATION, "abc", Path("/models/diarization"))
+
+
+def test_diarization_without_a_token_fails_before_any_download(
+        fetch_models, hub, clean_env, tmp_path, capsys):
+    stand_in = StandInHub(hub)
+    assert _run_diarization(fetch_models, clean_env, stand_in, tmp_path) == 1
+    assert stand_in.calls == []
+    err = capsys.readouterr().err
+    assert f"{DIARIZATION} is gated" in err and "--secret id=hf_token" in err
+
+
+def test_an_unknown_with_diarization_value_fails(fetch_models, clean_env, capsys):
+    with pytest.raises(fetch_models.FetchError, match="WITH_DIARIZATION must be 0 or 1"):
+        fetch_models.plan([], {"WITH_DIARIZATION": "yes"})
+    with pytest.raises(SystemExit):
+        fetch_models.plan(["--with-diarization", "true"], {})
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("drop plda/plda.npz", "missing plda.npz"),
+    ("drop embedding/pytorch_model.bin", "missing pytorch_model.bin"),
+    ("truncate segmentation/pytorch_model.bin", "is not a complete PyTorch checkpoint"),
+    ("pointer embedding/pytorch_model.bin", "is not a complete PyTorch checkpoint"),
+    ("nan plda/xvec_transform.npz", "array 'lda' holds NaN"),
+    ("hub-embedding config.yaml", "embedding is 'pyannote/wespeaker-voxceleb-resnet34-LM'"),
+])
+def test_a_broken_pipeline_download_fails_the_build_naming_the_file(
+        fetch_models, diarization_hub, clean_env, tmp_path, capsys, damage, message):
+    import numpy as np
+
+    action, name = damage.split()
+    clean_env.setenv("HF_TOKEN", "t")
+    served = tmp_path / "hub"
+    shutil.copytree(diarization_hub / DIARIZATION, served / DIARIZATION)
+    for repo in (ASR_06, ALIGNER):
+        shutil.copytree(diarization_hub / repo, served / repo)
+    target = served / DIARIZATION / name
+    if action == "truncate":
+        target.write_bytes(target.read_bytes()[:4096])
+    elif action == "pointer":
+        target.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\n", "utf-8")
+    elif action == "nan":
+        arrays = dict(np.load(target))
+        arrays["lda"][0, 0] = np.nan
+        np.savez(target, **arrays)
+    elif action == "hub-embedding":
+        target.write_text(target.read_text("utf-8").replace(
+            "$model/embedding", "pyannote/wespeaker-voxceleb-resnet34-LM"), "utf-8")
+    drop = {DIARIZATION: {name}} if action == "drop" else None
+
+    assert _run_diarization(fetch_models, clean_env, StandInHub(served, drop=drop),
+                            tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert message in err and "fetch_models: ERROR" in err

@@ -100,7 +100,8 @@ def test_release_passes_every_build_argument_and_the_token_secret_the_dockerfile
     (build,) = _steps(release, "docker/build-push-action")
     given = build["with"]
     args = {line.split("=", 1)[0] for line in given["build-args"].splitlines() if line}
-    assert args == _dockerfile_args() == {"ASR_MODEL_ID", "ASR_REVISION", "ALIGNER_REVISION"}
+    assert args == _dockerfile_args() == {"ASR_MODEL_ID", "ASR_REVISION", "ALIGNER_REVISION",
+                                          "WITH_DIARIZATION"}
     secret_ids = {line.split("=", 1)[0] for line in given["secrets"].splitlines() if line}
     mounted = set(re.findall(r"--mount=type=secret,id=(\w+)", DOCKERFILE.read_text("utf-8")))
     assert secret_ids == mounted == {"hf_token"}
@@ -114,8 +115,9 @@ def test_release_tags_the_version_and_latest_in_a_registry_from_repository_varia
     assert "vars.REGISTRY" in release["env"]["REGISTRY"]
     assert "'docker.io'" in release["env"]["REGISTRY"]
     assert "vars.IMAGE_NAME" in release["env"]["IMAGE_NAME"]
-    for name in ("ASR_MODEL_ID", "ASR_REVISION", "ALIGNER_REVISION"):
+    for name in ("ASR_MODEL_ID", "ASR_REVISION", "ALIGNER_REVISION", "WITH_DIARIZATION"):
         assert f"vars.{name}" in release["env"][name]
+    assert "'0'" in release["env"]["WITH_DIARIZATION"]  # the default image has no diarization
     (meta,) = _steps(release, "docker/metadata-action")
     tags = meta["with"]["tags"]
     assert "type=match,pattern=v(.*),group=1" in tags and "type=raw,value=latest" in tags

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 BAKED_ASR_DIR = Path("/models/asr")
 BAKED_ALIGNER_DIR = Path("/models/aligner")
+# pyannote's speaker-diarization-community-1, baked only by `--build-arg WITH_DIARIZATION=1`.
+BAKED_DIARIZATION_DIR = Path("/models/diarization")
 HUB_ASR_ID = "Qwen/Qwen3-ASR-0.6B"
 HUB_ALIGNER_ID = "Qwen/Qwen3-ForcedAligner-0.6B"
 # Token budget of one chunk's prompt: the longest chunk (300 s at 13 audio tokens a second),
@@ -85,6 +87,15 @@ class Settings:
     result_url_expiry_s: int  # presigned URLs of uploaded results last this long
     # src/server.py only: the bearer token callers must send ("" = no auth); kept out of repr.
     server_api_key: str = field(default="", repr=False)
+    # Speaker diarization (diarize.py), offered only when this folder exists. A local folder,
+    # never a hub id: a pipeline's config.yaml can instantiate arbitrary callables.
+    diarization_model_dir: Path = BAKED_DIARIZATION_DIR
+    # 10 s windows per embedding batch: bounds the diarizer's GPU memory (community-1 ships 32).
+    diarization_embedding_batch_size: int = 32
+
+    @property
+    def diarization_available(self) -> bool:
+        return self.diarization_model_dir.is_dir()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -200,6 +211,17 @@ def _model(env: Mapping[str, str], name: str, baked: Path, hub_id: str) -> str:
     return str(baked) if baked.is_dir() else hub_id
 
 
+def _diarization_dir(env: Mapping[str, str]) -> Path:
+    raw = env.get("DIARIZATION_MODEL_DIR", "").strip()
+    if not raw:
+        return BAKED_DIARIZATION_DIR  # absent in the default image: diarization not offered
+    path = Path(raw).expanduser()
+    if not path.is_dir():  # set on purpose: a typo must not switch diarization off unseen
+        raise ConfigError(f"DIARIZATION_MODEL_DIR={raw}: no such directory (a local pyannote "
+                          "pipeline folder; hub ids are not accepted)")
+    return path
+
+
 def _usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -291,6 +313,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # S3's SigV4 presigned URLs last at most 7 days.
         result_url_expiry_s=_int(env, "RESULT_URL_EXPIRY_SECONDS", 7 * 86400, 60, 7 * 86400),
         server_api_key=env.get("SERVER_API_KEY", "").strip(),
+        diarization_model_dir=_diarization_dir(env),
+        diarization_embedding_batch_size=_int(env, "DIARIZATION_EMBEDDING_BATCH_SIZE", 32, 1, 1024),
     )
     _check_token_budget(settings)
     return settings
