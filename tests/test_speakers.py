@@ -274,11 +274,18 @@ def test_bad_speaker_keys_are_invalid_input(extra, says):
 
 # ---- through the worker -------------------------------------------------------------------
 
+# The tiny models say ENGLISH whatever the audio, its six words 0.24 s long every 0.48 s from
+# 0 s: "Hello, world." ends at 0.72 s, "This" starts at 0.96 s.
+CHANGE_SECONDS = 0.84
+
+
 class LayoutTurns:
-    """Turns from the test audio's known layout: SPEAKER_00 speaks the first half, SPEAKER_01
-    the second. It stands in for the pyannote engine (diarize.Diarizer, built on another branch)
-    only until that is merged, which replaces it here; the worker takes any object with
-    `.diarize(samples, count)`. It records what it was called with."""
+    """Turns from the test audio's known layout: SPEAKER_00 says "Hello, world.", SPEAKER_01
+    the rest of the file. It stands in for the pyannote engine (diarize.Diarizer, built on
+    another branch) only until that is merged, which replaces it here; the worker takes any
+    object with `.diarize(samples, count)`. It records what it was called with."""
+
+    last_count: SpeakerCount | None = None  # of any instance: the server's worker is inside
 
     def __init__(self) -> None:
         self.calls: list[tuple[float, SpeakerCount]] = []
@@ -286,7 +293,9 @@ class LayoutTurns:
     def diarize(self, samples: np.ndarray, count: SpeakerCount) -> list[Turn]:
         seconds = samples.shape[0] / 16000
         self.calls.append((seconds, count))
-        return [Turn(0.0, seconds / 2, "SPEAKER_00"), Turn(seconds / 2, seconds, "SPEAKER_01")]
+        LayoutTurns.last_count = count  # what the server's form fields arrived as
+        return [Turn(0.0, CHANGE_SECONDS, "SPEAKER_00"),
+                Turn(CHANGE_SECONDS, seconds, "SPEAKER_01")]
 
 
 @pytest.fixture(scope="module")
@@ -314,14 +323,15 @@ def test_diarized_job_through_the_worker(diarizing_worker, audio_b64):
     assert source.calls[-1][0] == pytest.approx(8.0, abs=0.05)  # the whole file, decoded
     assert out["text"] == ENGLISH
     assert [w["word"] for w in out["words"]] == ENGLISH_WORDS
-    half = source.calls[-1][0] / 2
-    for w in out["words"]:  # each word is the speaker of the half it lies in (or most of it)
-        inside = min(w["end"], half) - w["start"] >= w["end"] - max(w["start"], half)
-        assert w["speaker"] == ("SPEAKER_00" if inside else "SPEAKER_01"), out["words"]
-    assert [s["speaker"] for s in out["speakers"]] == ["SPEAKER_00", "SPEAKER_01"]
-    assert sum(s["seconds"] for s in out["speakers"]) == pytest.approx(out["duration"], 0.01)
-    assert all(s["speaker"] in ("SPEAKER_00", "SPEAKER_01") for s in out["segments"])
-    assert " ".join(s["text"] for s in out["segments"]) == ENGLISH
+    for w in out["words"]:  # each word is the speaker of the turn it lies in
+        assert w["speaker"] == ("SPEAKER_00" if w["end"] <= CHANGE_SECONDS else "SPEAKER_01")
+    assert [w["speaker"] for w in out["words"]] == ["SPEAKER_00"] * 2 + ["SPEAKER_01"] * 4
+    assert out["speakers"] == [
+        {"speaker": "SPEAKER_00", "seconds": CHANGE_SECONDS},
+        {"speaker": "SPEAKER_01", "seconds": pytest.approx(out["duration"] - CHANGE_SECONDS,
+                                                           abs=0.002)}]
+    assert [(s["text"], s["speaker"]) for s in out["segments"]] == [
+        ("Hello, world.", "SPEAKER_00"), ("This is a test.", "SPEAKER_01")]
     cues = list(srt.parse(out["srt"]))
     assert [c.content.split(": ", 1)[0] for c in cues] == [s["speaker"] for s in out["segments"]]
     captions = webvtt.from_buffer(io.StringIO(out["vtt"])).captions
@@ -365,3 +375,132 @@ def test_a_failing_diarizer_fails_the_job_with_engine_error(model_dirs, tmp_path
     again = worker.handle({"id": "d5", "input": {"audio_base64": audio_b64}})
     assert again["text"] == ENGLISH
 
+
+
+# ---- the OpenAI-compatible server ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def diarizing_api(model_dirs, tmp_path_factory):
+    """The server's app over real HTTP (uvicorn on loopback) with a worker that diarizes (the
+    `LayoutTurns` stand-in until the pyannote engine is merged), spoken to with OpenAI's
+    client."""
+    import threading
+    import time
+
+    import openai
+    import uvicorn
+
+    from server import ServerState, create_app, load_worker
+    from worker_server import free_port
+
+    settings = settings_for(model_dirs["english"], model_dirs["aligner"],
+                            WORK_DIR=str(tmp_path_factory.mktemp("api-jobs")))
+    state = ServerState(settings)
+
+    def load(s):
+        worker, tokenize = load_worker(s)
+        return Worker(worker.settings, worker.engine, diarizer=LayoutTurns()), tokenize
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port,
+                                           log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    state.start_loading(load).join(300)
+    while not server.started:
+        assert thread.is_alive()
+        time.sleep(0.05)
+    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                        max_retries=0)
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def audio_file(tmp_path_factory):
+    return media.make_audio(tmp_path_factory.mktemp("audio") / "talk.mp3", 8.0)
+
+
+def test_diarized_json_has_openais_shape(diarizing_api, audio_file):
+    with open(audio_file, "rb") as f:
+        result = diarizing_api.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=f, response_format="diarized_json",
+            chunking_strategy="auto")
+    body = result.model_dump()
+    assert body["task"] == "transcribe" and body["text"] == ENGLISH
+    assert body["duration"] == pytest.approx(8.0, abs=0.05)
+    assert body["usage"] == {"type": "duration", "seconds": body["duration"]}
+    segments = body["segments"]
+    assert [s["id"] for s in segments] == [f"seg_{i}" for i in range(len(segments))]
+    assert {s["type"] for s in segments} == {"transcript.text.segment"}
+    assert " ".join(s["text"] for s in segments) == ENGLISH
+    assert [(s["text"], s["speaker"]) for s in segments] == [
+        ("Hello, world.", "SPEAKER_00"), ("This is a test.", "SPEAKER_01")]
+    assert all(a["end"] <= b["start"] for a, b in zip(segments, segments[1:]))
+
+
+def test_verbose_json_segments_and_words_carry_the_speaker_when_diarized(diarizing_api,
+                                                                           audio_file):
+    with open(audio_file, "rb") as f:
+        result = diarizing_api.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="verbose_json",
+            timestamp_granularities=["word", "segment"], extra_body={"diarize": "true"})
+    body = result.model_dump()
+    assert {s["speaker"] for s in body["segments"]} == {"SPEAKER_00", "SPEAKER_01"}
+    assert [w["speaker"] for w in body["words"]] == ["SPEAKER_00"] * 2 + ["SPEAKER_01"] * 4
+    with open(audio_file, "rb") as f:
+        plain = diarizing_api.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="verbose_json").model_dump()
+    assert all("speaker" not in s for s in plain["segments"])
+
+
+def test_srt_from_the_server_names_speakers_and_counts_pass_through(diarizing_api, audio_file):
+    with open(audio_file, "rb") as f:
+        text = diarizing_api.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="vtt",
+            extra_body={"diarize": "true", "min_speakers": "1", "max_speakers": "3"})
+    captions = webvtt.from_buffer(io.StringIO(text)).captions
+    assert [c.voice for c in captions] == ["SPEAKER_00", "SPEAKER_01"]
+    assert LayoutTurns.last_count == SpeakerCount(min_speakers=1, max_speakers=3)
+
+
+@pytest.mark.parametrize("kwargs,param", [
+    # OpenAI's own fields, as its client sends them ...
+    ({"known_speaker_names": ["agent"],
+      "known_speaker_references": ["data:audio/wav;base64,AAAA"]}, "known_speaker_names[]"),
+    ({"chunking_strategy": "manual"}, "chunking_strategy"),
+    # ... and ours.
+    ({"extra_body": {"num_speakers": "two"}}, "num_speakers"),
+    ({"extra_body": {"diarize": "maybe"}}, "diarize"),
+])
+def test_diarization_fields_we_cannot_honour_are_400(diarizing_api, audio_file, kwargs, param):
+    import openai
+
+    with open(audio_file, "rb") as f, pytest.raises(openai.BadRequestError) as exc_info:
+        diarizing_api.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=f, response_format="diarized_json",
+            **kwargs)
+    assert exc_info.value.body["param"] == param
+    assert exc_info.value.body["code"] == "INVALID_INPUT"
+
+
+def test_server_vad_chunking_is_refused(diarizing_api, audio_file):
+    import openai
+
+    with open(audio_file, "rb") as f, pytest.raises(openai.BadRequestError) as exc_info:
+        diarizing_api.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=f, response_format="diarized_json",
+            chunking_strategy={"type": "server_vad", "threshold": 0.5})
+    assert exc_info.value.body["param"] == "chunking_strategy"
+    assert "auto" in exc_info.value.body["message"]
+
+
+def test_bad_counts_reach_the_worker_check_and_are_400(diarizing_api, audio_file):
+    import openai
+
+    with open(audio_file, "rb") as f, pytest.raises(openai.BadRequestError) as exc_info:
+        diarizing_api.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="diarized_json",
+            extra_body={"min_speakers": "3", "max_speakers": "2"})
+    assert exc_info.value.body["code"] == "INVALID_INPUT"
+    assert "min_speakers must not exceed max_speakers" in exc_info.value.body["message"]
