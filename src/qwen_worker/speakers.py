@@ -99,6 +99,8 @@ def diarize_transcript(transcript: Transcript, turns: Sequence[Turn]) -> Transcr
     speaker of its time, segments are cut again at speaker changes with the same cue limits
     and carry their speaker, and `speakers` lists the talk time of each. Text, times and
     words are otherwise unchanged."""
+    if transcript.segments and not transcript.pieces:  # re-cutting would lose the text
+        raise ValueError("the transcript has no pieces to cut segments from (see merge_chunks)")
     turns = sorted(turns, key=lambda t: (t.start, t.end))
     labelled = [replace(w, speaker=s)
                 for w, s in zip(transcript.pieces, assign_speakers(transcript.pieces, turns))]
