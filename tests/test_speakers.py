@@ -156,6 +156,9 @@ def test_a_word_in_a_short_pause_takes_the_nearest_turn_and_a_far_one_none():
     words = [Word("a", 1.0, 1.2), Word("b", 1.3, 1.4), Word("c", 9.0, 9.5)]
     turns = [Turn(0.0, 1.1, "SPEAKER_00"), Turn(1.9, 3.0, "SPEAKER_01")]
     assert assign_speakers(words, turns) == ["SPEAKER_00", "SPEAKER_00", None]
+    # Exactly the tolerance away counts as near (0.55 - 0.5 is 0.05000000000000004).
+    assert assign_speakers([Word("d", 0.55, 0.55)], [Turn(0.0, 0.05, "SPEAKER_00")]) == \
+        ["SPEAKER_00"]
     out = diarize_transcript(_transcript(words, duration=10.0), turns)
     assert out.segments[-1].speaker is None
     assert "speaker" in out.to_dict()["segments"][-1]  # null, not missing, once diarized

@@ -54,15 +54,16 @@ def assign_speakers(words: Sequence[Word], turns: Sequence[Turn],
     out: list[str | None] = []
     j = 0  # the first turn that may still reach a word: turns before it end too early
     for w in words:
-        lo, hi = w.start - tolerance, w.end + tolerance
-        while j > 0 and turns[j - 1].end >= lo:
+        # Reach is measured as the gap is (w.start - t.end), so a turn exactly `tolerance`
+        # away is found whatever the rounding of w.start - tolerance would be.
+        while j > 0 and w.start - turns[j - 1].end <= tolerance:
             j -= 1
-        while j < len(turns) and turns[j].end < lo:
+        while j < len(turns) and w.start - turns[j].end > tolerance:
             j += 1
         best: tuple[float, float] | None = None  # (-overlap, gap) of the best turn so far
         speaker = None
         k = j
-        while k < len(turns) and turns[k].start <= hi:
+        while k < len(turns) and turns[k].start - w.end <= tolerance:
             t = turns[k]
             overlap = min(t.end, w.end) - max(t.start, w.start)
             gap = max(t.start - w.end, w.start - t.end, 0.0)
