@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import media
+from test_integrity import asr, check_integrity, chunks_of, files
 from models import ENGLISH, ENGLISH_WORDS, engine_for, settings_for
 from qwen_worker.errors import ErrorCode, WorkerError
 from qwen_worker.formats import to_srt, to_text, to_vtt
-from qwen_worker.merge import Transcript
+from qwen_worker.merge import Transcript, merge_chunks
 from qwen_worker.request import parse_request
 from qwen_worker.speakers import (NEAREST_TURN_SECONDS, SpeakerCount, Turn, assign_speakers,
                                   diarize_transcript, talk_time)
@@ -135,6 +136,27 @@ def test_diarized_transcript_keeps_text_and_times_and_never_mixes_speakers_in_a_
     assert after.speakers == talk_time(turns)
     assert sum(s["seconds"] for s in after.speakers) == pytest.approx(
         sum(t.end - t.start for t in turns), abs=0.01)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(files(), st.lists(st.tuples(st.integers(0, 100), st.integers(0, 3)), max_size=10))
+def test_a_diarized_file_keeps_every_integrity_rule(file, cuts):
+    """Whole merged files (mixed aligned, unaligned, CJK and mark-only chunks, aligners that
+    misbehave; test_integrity's generator) keep the whole invariant once diarized."""
+    seconds, texts, languages, alignments, options = file
+    chunks = chunks_of(*seconds)
+    outputs = [asr(x, lang) for x, lang in zip(texts, languages)]
+    t = merge_chunks(chunks, outputs, alignments, sum(seconds), [], options)
+    # Turns: the file cut at drawn per-cent points, each stretch one of four speakers.
+    points = sorted({0.0, sum(seconds), *(round(sum(seconds) * p / 100, 3) for p, _ in cuts)})
+    turns = [Turn(a, b, f"SPEAKER_0{cuts[i % len(cuts)][1] if cuts else 0}")
+             for i, (a, b) in enumerate(zip(points, points[1:])) if b > a]
+    d = diarize_transcript(t, turns)
+    check_integrity(d, texts, languages, [a is not None for a in alignments], options)
+    assert d.text == t.text and d.words == t.words  # Word equality: text and times
+    assert [w.space for w in d.words] == [w.space for w in t.words]
+    assert all(w.speaker is not None for w in d.pieces) or not turns
 
 
 def test_segments_are_cut_at_speaker_changes_within_one_sentence():
