@@ -529,3 +529,14 @@ def test_bad_counts_reach_the_worker_check_and_are_400(diarizing_api, audio_file
             extra_body={"min_speakers": "3", "max_speakers": "2"})
     assert exc_info.value.body["code"] == "INVALID_INPUT"
     assert "min_speakers must not exceed max_speakers" in exc_info.value.body["message"]
+
+
+def test_diarized_json_form_maps_onto_a_diarizing_job():
+    from qwen_worker.openai_compat import job_input, parse_form
+
+    form = parse_form({"response_format": ["diarized_json"], "chunking_strategy": ["auto"],
+                       "min_speakers": ["2"], "max_speakers": ["4"]}, has_file=True)
+    assert job_input(form) == {"context": "", "word_timestamps": True, "diarize": True,
+                               "min_speakers": 2, "max_speakers": 4}
+    plain = job_input(parse_form({"response_format": ["json"]}, has_file=True))
+    assert "diarize" not in plain and plain["word_timestamps"] is False
