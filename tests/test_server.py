@@ -250,7 +250,9 @@ def _auth() -> dict[str, str]:
      "INVALID_INPUT", "timestamp_granularities[]"),
     ({"extra_body": {"chunk_seconds": "2"}}, 400, "INVALID_INPUT", None),  # below 5 s
     ({"extra_body": {"subtitle": "[1]"}}, 400, "INVALID_INPUT", "subtitle"),
-    ({"extra_body": {"diarize": "true"}}, 400, "INVALID_INPUT", "diarize"),
+    ({"extra_body": {"speakers": "2"}}, 400, "INVALID_INPUT", "speakers"),  # unknown field
+    # This server's worker is built without diarization.
+    ({"extra_body": {"diarize": "true"}}, 400, "DIARIZATION_UNAVAILABLE", None),
 ])
 def test_bad_fields_are_400_with_our_code(client, audio, api, kwargs, status, code, param):
     with pytest.raises(openai.APIStatusError) as exc_info:
@@ -260,6 +262,15 @@ def test_bad_fields_are_400_with_our_code(client, audio, api, kwargs, status, co
     assert (err["code"], err["param"], err["type"]) == (code, param, "invalid_request_error")
     assert err["message"]
     assert list(api.work_dir.iterdir()) == []  # nothing left behind
+
+
+def test_diarized_json_on_a_server_built_without_diarization_is_400(client, audio):
+    with pytest.raises(openai.BadRequestError) as exc_info:
+        _transcribe(client, audio, response_format="diarized_json")
+    error = _error(exc_info)
+    assert error["code"] == "DIARIZATION_UNAVAILABLE"
+    assert "built without speaker diarization" in error["message"]
+    assert _transcribe(client, audio, response_format="text") == ENGLISH + "\n"
 
 
 def test_temperature_zero_is_accepted(client, audio):

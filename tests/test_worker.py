@@ -115,3 +115,13 @@ def test_readme_quickstart_runs_the_offline_sample(model_dirs, tmp_path):
     done = run_test_input(env, json.loads((SAMPLES / "sample_input.json").read_text()))
     assert done.returncode == 0, done.stdout + done.stderr
     assert ENGLISH in done.stdout and "00:00:00,000 -->" in done.stdout
+
+
+def test_diarize_on_a_worker_built_without_it_is_refused_and_the_worker_serves_on(server,
+                                                                                   files):
+    # The default worker has no diarizer: the job fails with its own code before the download.
+    message = _failed(server.runsync({"audio_url": files["mp3"], "diarize": True,
+                                      "num_speakers": 2, "formats": ["srt"]}),
+                      ErrorCode.DIARIZATION_UNAVAILABLE)
+    assert "diarize" in message
+    assert _ok(server.runsync({"audio_url": files["mp3"]}))["text"] == ENGLISH

@@ -18,6 +18,7 @@ class ErrorCode(str, Enum):
     DECODE_INTERRUPTED = "DECODE_INTERRUPTED"
     UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"
     ENGINE_ERROR = "ENGINE_ERROR"
+    DIARIZATION_UNAVAILABLE = "DIARIZATION_UNAVAILABLE"
     DISK_FULL = "DISK_FULL"
     RESULT_UPLOAD_FAILED = "RESULT_UPLOAD_FAILED"
     WORKER_SHUTDOWN = "WORKER_SHUTDOWN"
@@ -49,6 +50,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
                                     "or one of their ISO 639-1/639-3 codes.",
     ErrorCode.ENGINE_ERROR: "The model failed on this file; no partial transcript is returned. "
                             "On a fatal GPU error the worker is also replaced (refresh_worker).",
+    ErrorCode.DIARIZATION_UNAVAILABLE: "diarize was asked for, but this worker was built "
+                                       "without the speaker diarization model.",
     ErrorCode.DISK_FULL: "The worker's disk (WORK_DIR) is full; the worker is replaced "
                          "(refresh_worker). Retry the job.",
     ErrorCode.RESULT_UPLOAD_FAILED: "The result was to go to the bucket (BUCKET_ENDPOINT_URL) but "

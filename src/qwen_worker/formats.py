@@ -6,7 +6,8 @@ import re
 from typing import Callable
 
 from .merge import Segment, Transcript
-from .subtitles import wrap
+from .speakers import speaker_runs
+from .subtitles import join_words, wrap
 
 
 def _clock(seconds: float, decimal: str) -> str:
@@ -34,11 +35,21 @@ def _vtt_line(line: str) -> str:
     return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _labelled(transcript: Transcript, segment: Segment) -> str | None:
+    """The speaker a cue shows: only on a diarized transcript with labels on."""
+    if transcript.speakers is None or not transcript.subtitle.speaker_labels:
+        return None
+    return segment.speaker
+
+
 def to_srt(transcript: Transcript) -> str:
     blocks = []
     for seg in transcript.segments:
         lines = _lines(transcript, seg)
         if lines:
+            speaker = _labelled(transcript, seg)
+            if speaker is not None:  # SRT has no speaker markup: the convention is a prefix
+                lines[0] = f"{speaker}: {lines[0]}"
             text = "\n".join(_srt_line(ln) for ln in lines)
             blocks.append(f"{len(blocks) + 1}\n{_clock(seg.start, ',')} --> "
                           f"{_clock(seg.end, ',')}\n{text}\n")
@@ -51,11 +62,18 @@ def to_vtt(transcript: Transcript) -> str:
         lines = _lines(transcript, seg)
         if lines:
             text = "\n".join(_vtt_line(ln) for ln in lines)
+            speaker = _labelled(transcript, seg)
+            if speaker is not None:  # a voice span: players show or style the speaker
+                text = f"<v {_vtt_line(speaker)}>{text}"
             blocks.append(f"{_clock(seg.start, '.')} --> {_clock(seg.end, '.')}\n{text}\n")
     return "\n".join(blocks)
 
 
 def to_text(transcript: Transcript) -> str:
+    if transcript.speakers is not None and transcript.subtitle.speaker_labels:
+        # One line per change of speaker, as a script reads.
+        return "".join((f"{run[0].speaker}: " if run[0].speaker else "") + join_words(run) + "\n"
+                       for run in speaker_runs(transcript.pieces) if join_words(run))
     return transcript.text + ("\n" if transcript.text else "")
 
 

@@ -49,19 +49,39 @@ class Transcript:
     warnings: list[str]
     # How the segments were cut; the SRT and VTT writers break lines with the same limits.
     subtitle: SubtitleOptions = field(default=SubtitleOptions(), repr=False, compare=False)
+    # Every chunk's words and marks, aligned or not: what the segments were cut from (and are
+    # cut from again at speaker changes). Not part of the output.
+    pieces: list[Word] = field(default_factory=list, repr=False, compare=False)
+    # Diarized only: each speaker's label and talk time, in order of first appearance.
+    speakers: list[dict] | None = None
 
     def to_dict(self) -> dict:
-        return {
+        diarized = self.speakers is not None
+        words = []
+        for w in self.words:
+            word = {"word": w.word, "start": w.start, "end": w.end, "space": w.space}
+            if diarized:
+                word["speaker"] = w.speaker
+            words.append(word)
+        segments = []
+        for s in self.segments:
+            segment = asdict(s)
+            if not diarized:  # undiarized output stays as it was
+                del segment["speaker"]
+            segments.append(segment)
+        out = {
             "text": self.text,
             "language": self.language,
             "languages": list(self.languages),
             "duration": self.duration,
-            "words": [{"word": w.word, "start": w.start, "end": w.end, "space": w.space}
-                      for w in self.words],
-            "segments": [asdict(s) for s in self.segments],
+            "words": words,
+            "segments": segments,
             "chunks": [asdict(c) for c in self.chunks],
             "warnings": list(self.warnings),
         }
+        if diarized:
+            out["speakers"] = [dict(s) for s in self.speakers]
+        return out
 
 
 # ---- aligner units -> words as written ----------------------------------------------------
@@ -432,6 +452,7 @@ def merge_chunks(chunks: Sequence[Chunk], outputs: Sequence[AsrOutput],
         chunks=infos,
         warnings=warnings,
         subtitle=subtitle,
+        pieces=pieces,
     )
 
 

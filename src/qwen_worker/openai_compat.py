@@ -6,6 +6,9 @@ shape. No I/O here: src/server.py is the HTTP edge.
 give or that are defined on the text are filled in (`tokens` re-encoded by the ASR tokenizer,
 `temperature` 0: decoding is greedy, `compression_ratio` as Whisper computes it, `seek` as the
 segment's chunk offset in 10 ms frames); `avg_logprob` and `no_speech_prob` are null.
+
+`diarized_json` has the shape of OpenAI's gpt-4o-transcribe-diarize answer (segments of one
+speaker each, `type` "transcript.text.segment"); the labels are the diarizer's ("SPEAKER_00").
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Callable
 from .errors import ErrorCode
 from .languages import UnsupportedLanguage, normalize_language
 
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 GRANULARITIES = ("word", "segment")
 FRAMES_PER_SECOND = 100  # Whisper's `seek` unit: mel frames of 10 ms
 
@@ -28,6 +31,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_INPUT: 400,
     ErrorCode.URL_NOT_ALLOWED: 400,
     ErrorCode.UNSUPPORTED_LANGUAGE: 400,
+    ErrorCode.DIARIZATION_UNAVAILABLE: 400,
     ErrorCode.DOWNLOAD_FAILED: 422,
     ErrorCode.AUDIO_TOO_LARGE: 413,
     ErrorCode.AUDIO_TOO_LONG: 413,
@@ -48,8 +52,10 @@ NOT_FOUND = "NOT_FOUND"
 
 # Form fields: OpenAI's, then ours. Values are text; `file` is the only file part.
 OPENAI_FIELDS = ("file", "model", "language", "prompt", "response_format",
-                 "timestamp_granularities[]", "temperature", "stream")
-EXTRA_FIELDS = ("audio_url", "chunk_seconds", "subtitle")
+                 "timestamp_granularities[]", "temperature", "stream", "chunking_strategy")
+SPEAKER_FIELDS = ("num_speakers", "min_speakers", "max_speakers")
+EXTRA_FIELDS = ("audio_url", "chunk_seconds", "subtitle", "diarize", *SPEAKER_FIELDS,
+                "speaker_labels")
 
 
 class FormError(ValueError):
@@ -73,6 +79,9 @@ class TranscriptionForm:
     audio_url: str | None
     chunk_seconds: float | None
     subtitle: dict[str, Any] | None
+    diarize: bool = False  # asked for, or implied by diarized_json
+    speakers: tuple[tuple[str, int], ...] = ()  # (field, value) of the speaker counts given
+    speaker_labels: str | None = None
 
 
 def error_body(message: str, code: str, status: int, param: str | None = None) -> dict:
@@ -99,6 +108,7 @@ def _one(fields: dict[str, list[str]], name: str) -> str | None:
 
 def parse_form(fields: dict[str, list[str]], *, has_file: bool) -> TranscriptionForm:
     """The text fields of a transcription request (the file part is streamed elsewhere)."""
+    _refuse_speaker_fields(fields)
     unknown = sorted(set(fields) - set(OPENAI_FIELDS) - set(EXTRA_FIELDS)
                      - {"timestamp_granularities"})
     if unknown:
@@ -165,11 +175,41 @@ def parse_form(fields: dict[str, list[str]], *, has_file: bool) -> Transcription
             raise FormError('subtitle must be a JSON object, e.g. {"max_line_width": 32}',
                             "subtitle")
 
+    raw_diarize = (_one(fields, "diarize") or "false").strip().lower()
+    if raw_diarize not in ("true", "false", "1", "0"):
+        raise FormError(f"diarize must be true or false, not {raw_diarize!r}", "diarize")
+    speakers = []
+    for name in SPEAKER_FIELDS:
+        raw = _one(fields, name)
+        if raw is not None:
+            try:
+                speakers.append((name, int(raw)))
+            except ValueError:
+                raise FormError(f"{name} must be an integer, not {raw!r}", name) from None
+
     return TranscriptionForm(
         model=(_one(fields, "model") or "").strip(), language=language,
         prompt=_one(fields, "prompt") or "", response_format=response_format,
         granularities=granularities or ("segment",), audio_url=audio_url,
-        chunk_seconds=chunk_seconds, subtitle=subtitle)
+        chunk_seconds=chunk_seconds, subtitle=subtitle,
+        diarize=raw_diarize in ("true", "1") or response_format == "diarized_json",
+        speakers=tuple(speakers), speaker_labels=_one(fields, "speaker_labels"))
+
+
+def _refuse_speaker_fields(fields: dict[str, list[str]]) -> None:
+    """OpenAI's diarization fields this server cannot honour, refused by name."""
+    for name in fields:
+        if name.startswith("known_speaker_"):
+            raise FormError(f"{name} is not supported: the diarizer labels speakers "
+                            "SPEAKER_00, SPEAKER_01, ... in order of first appearance; "
+                            "name them from the answer", name)
+        if name.startswith("chunking_strategy["):  # an object: server_vad and its settings
+            raise FormError("chunking_strategy takes only auto: the worker cuts the audio "
+                            "itself (chunk_seconds sets the chunk length)", "chunking_strategy")
+    raw = _one(fields, "chunking_strategy")
+    if raw is not None and raw.strip() != "auto":
+        raise FormError(f"chunking_strategy takes only auto, not {raw!r}: the worker cuts the "
+                        "audio itself (chunk_seconds sets the chunk length)", "chunking_strategy")
 
 
 def job_input(form: TranscriptionForm) -> dict[str, Any]:
@@ -177,8 +217,10 @@ def job_input(form: TranscriptionForm) -> dict[str, Any]:
     job: dict[str, Any] = {
         "language": form.language,
         "context": form.prompt,
-        # Word times cost an aligner pass; they also place segment and cue times.
-        "word_timestamps": form.response_format in ("srt", "vtt", "verbose_json"),
+        # Word times cost an aligner pass; they also place segment and cue times, and each
+        # word's speaker.
+        "word_timestamps": form.diarize or form.response_format in ("srt", "vtt",
+                                                                    "verbose_json"),
     }
     if form.response_format in ("srt", "vtt"):
         job["formats"] = [form.response_format]
@@ -188,6 +230,12 @@ def job_input(form: TranscriptionForm) -> dict[str, Any]:
         job["chunk_seconds"] = form.chunk_seconds
     if form.subtitle is not None:
         job["subtitle"] = form.subtitle
+    if form.diarize:
+        job["diarize"] = True
+    # Given without diarize too: the worker refuses them by name.
+    job.update(form.speakers)
+    if form.speaker_labels is not None:
+        job["speaker_labels"] = form.speaker_labels
     return {key: value for key, value in job.items() if value is not None}
 
 
@@ -223,6 +271,7 @@ def verbose_json(form: TranscriptionForm, output: dict[str, Any],
         "duration": output["duration"],
         "text": output["text"],
     }
+    diarized = "speakers" in output
     if "segment" in form.granularities:
         body["segments"] = [{
             "id": seg["id"],
@@ -235,14 +284,32 @@ def verbose_json(form: TranscriptionForm, output: dict[str, Any],
             "avg_logprob": None,
             "compression_ratio": compression_ratio(seg["text"]),
             "no_speech_prob": None,
+            **({"speaker": seg["speaker"]} if diarized else {}),
         } for seg in output["segments"]]
     if "word" in form.granularities:
-        body["words"] = [{"word": w["word"], "start": w["start"], "end": w["end"]}
+        body["words"] = [{"word": w["word"], "start": w["start"], "end": w["end"],
+                          **({"speaker": w["speaker"]} if diarized else {})}
                          for w in output["words"]]
     body["usage"] = {"type": "duration", "seconds": output["duration"]}
     body["model"] = served_model
     body["warnings"] = output["warnings"]
     return body
+
+
+def diarized_json(output: dict[str, Any], served_model: str) -> dict[str, Any]:
+    """OpenAI's diarized answer; a segment no speaker turn reaches has speaker null."""
+    return {
+        "task": "transcribe",
+        "duration": output["duration"],
+        "text": output["text"],
+        "segments": [{"type": "transcript.text.segment", "id": f"seg_{seg['id']}",
+                      "start": seg["start"], "end": seg["end"], "text": seg["text"],
+                      "speaker": seg["speaker"]} for seg in output["segments"]],
+        "usage": {"type": "duration", "seconds": output["duration"]},
+        "speakers": output["speakers"],
+        "model": served_model,
+        "warnings": output["warnings"],
+    }
 
 
 def render(form: TranscriptionForm, output: dict[str, Any],
@@ -252,6 +319,9 @@ def render(form: TranscriptionForm, output: dict[str, Any],
     if fmt == "verbose_json":
         body = verbose_json(form, output, tokenize, served_model)
         return json.dumps(body, ensure_ascii=False), "application/json"
+    if fmt == "diarized_json":
+        return json.dumps(diarized_json(output, served_model), ensure_ascii=False), \
+            "application/json"
     if fmt == "json":
         return json.dumps({"text": output["text"],
                            "usage": {"type": "duration", "seconds": output["duration"]},

@@ -14,6 +14,7 @@ from .decode import SAMPLE_RATE, AudioInfo, decode
 from .engine import AlignedToken, AsrOutput, Engine, EngineError
 from .languages import is_unspaced
 from .merge import SubtitleOptions, Transcript, merge_chunks
+from .speakers import DiarizationUnavailable, SpeakerCount, TurnSource, diarize_transcript
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,11 @@ class Options:
     chunk_seconds: float = chunking.DEFAULT_CHUNK_SECONDS
     max_context_chars: int = 2000
     subtitle: SubtitleOptions = SubtitleOptions()  # cue limits for segments, SRT and VTT
+    diarize: bool = False  # who spoke when: speakers on words, segments and cues
+    speakers: SpeakerCount = SpeakerCount()
 
 
-# progress(stage, chunks_done, chunks_total): "decoding", "transcribing", "aligning"
+# progress(stage, done, total): "decoding", "transcribing", "aligning", "diarizing"
 Progress = Callable[[str, int, int], None]
 
 
@@ -35,12 +38,13 @@ class Timings:
     decode: float = 0.0
     asr: float = 0.0
     align: float = 0.0
+    diarize: float = 0.0
 
 
 def transcribe_file(path: Path, options: Options, engine: Engine, *, max_audio_seconds: float,
                     decode_workers: int = 1, info: AudioInfo | None = None,
-                    timings: Timings | None = None, progress: Progress | None = None
-                    ) -> Transcript:
+                    timings: Timings | None = None, progress: Progress | None = None,
+                    diarizer: TurnSource | None = None) -> Transcript:
     """Transcribe one audio or video file that ffmpeg can read."""
     timings = timings if timings is not None else Timings()
     if progress is not None:
@@ -48,14 +52,17 @@ def transcribe_file(path: Path, options: Options, engine: Engine, *, max_audio_s
     t0 = time.perf_counter()
     samples = decode(path, max_seconds=max_audio_seconds, workers=decode_workers, info=info)
     timings.decode = time.perf_counter() - t0
-    return transcribe_samples(samples, options, engine, timings=timings, progress=progress)
+    return transcribe_samples(samples, options, engine, timings=timings, progress=progress,
+                              diarizer=diarizer)
 
 
 def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
-                       timings: Timings | None = None, progress: Progress | None = None
-                       ) -> Transcript:
-    """Transcribe float32 mono 16 kHz samples."""
+                       timings: Timings | None = None, progress: Progress | None = None,
+                       diarizer: TurnSource | None = None) -> Transcript:
+    """Transcribe float32 mono 16 kHz samples; with `options.diarize`, also who spoke when."""
     timings = timings if timings is not None else Timings()
+    if options.diarize and diarizer is None:
+        raise DiarizationUnavailable("diarize was asked for, but this worker has no diarizer")
     warnings: list[str] = []
     context = options.context
     if len(context) > options.max_context_chars:
@@ -102,8 +109,18 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
             if progress is not None:
                 progress("aligning", len(alignable), len(alignable))
         timings.align = time.perf_counter() - t0
-    return merge_chunks(chunks, outputs, alignments, samples.shape[0] / SAMPLE_RATE, warnings,
-                        options.subtitle)
+    transcript = merge_chunks(chunks, outputs, alignments, samples.shape[0] / SAMPLE_RATE,
+                              warnings, options.subtitle)
+    if options.diarize:
+        if progress is not None:
+            progress("diarizing", 0, 1)
+        t0 = time.perf_counter()
+        turns = _run_engine("diarization", lambda: diarizer.diarize(samples, options.speakers))
+        transcript = diarize_transcript(transcript, turns)
+        timings.diarize = time.perf_counter() - t0
+        if progress is not None:
+            progress("diarizing", 1, 1)
+    return transcript
 
 
 def _run_engine(stage: str, call):

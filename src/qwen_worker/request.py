@@ -12,6 +12,7 @@ from .chunking import DEFAULT_CHUNK_SECONDS, MAX_CHUNK_SECONDS, MIN_CHUNK_SECOND
 from .errors import ErrorCode, WorkerError
 from .languages import UnsupportedLanguage, normalize_language
 from .pipeline import Options
+from .speakers import SpeakerCount
 from .subtitles import SubtitleOptions
 
 FORMATS = ("srt", "vtt", "txt")
@@ -22,10 +23,16 @@ SUBTITLE_KEYS: dict[str, tuple[bool, float, float]] = {
     "max_line_count": (True, 1, 3),
     "max_cue_seconds": (False, 1, 30),
 }
+SPEAKER_KEYS = ("num_speakers", "min_speakers", "max_speakers")
+SPEAKER_LABELS = ("prefix", "none")  # diarized SRT/VTT/txt: the speaker shown, or not
 
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _count(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0)
 
 
 def _subtitle_problems(value: Any) -> list[str]:
@@ -68,6 +75,11 @@ def _schema(max_context_chars: int) -> dict[str, dict[str, Any]]:
                               _number(v) and MIN_CHUNK_SECONDS <= v <= MAX_CHUNK_SECONDS)},
         "subtitle": {"type": dict, "required": False, "default": None,
                      "constraints": lambda v: not isinstance(v, dict) or not _subtitle_problems(v)},
+        "diarize": {"type": bool, "required": False, "default": False},
+        **{key: {"type": int, "required": False, "default": None, "constraints": _count}
+           for key in SPEAKER_KEYS},
+        "speaker_labels": {"type": str, "required": False, "default": None,
+                           "constraints": lambda v: v is None or v in SPEAKER_LABELS},
     }
 
 
@@ -76,6 +88,8 @@ HINTS = {
     "formats": f"formats must be a list drawn from {list(FORMATS)}",
     "chunk_seconds": f"chunk_seconds must be a number from {MIN_CHUNK_SECONDS:.0f} "
                      f"to {MAX_CHUNK_SECONDS:.0f}",
+    **{key: f"{key} must be a positive integer" for key in SPEAKER_KEYS},
+    "speaker_labels": f"speaker_labels must be one of {list(SPEAKER_LABELS)}",
 }
 
 
@@ -102,6 +116,7 @@ def parse_request(job_input: Any, max_context_chars: int, uploaded: bool = False
     if not uploaded and (v["audio_url"] is None) == (v["audio_base64"] is None):
         raise WorkerError(ErrorCode.INVALID_INPUT,
                           "give exactly one of audio_url and audio_base64")
+    speakers = _speaker_count(v)
     try:
         language = normalize_language(v["language"])
     except UnsupportedLanguage as exc:
@@ -112,10 +127,31 @@ def parse_request(job_input: Any, max_context_chars: int, uploaded: bool = False
         word_timestamps=v["word_timestamps"],
         chunk_seconds=float(v["chunk_seconds"] or DEFAULT_CHUNK_SECONDS),
         max_context_chars=max_context_chars,
-        subtitle=SubtitleOptions(**(v["subtitle"] or {})),
+        subtitle=SubtitleOptions(**(v["subtitle"] or {}),
+                                 speaker_labels=v["speaker_labels"] != "none"),
+        diarize=v["diarize"],
+        speakers=speakers,
     )
     return Request(v["audio_url"], v["audio_base64"], options,
                    tuple(dict.fromkeys(v["formats"] or ())))
+
+
+def _speaker_count(v: dict[str, Any]) -> SpeakerCount:
+    """The speaker keys' rules across keys (each key's own type and range are checked above)."""
+    given = [key for key in (*SPEAKER_KEYS, "speaker_labels") if v[key] is not None]
+    if given and not v["diarize"]:
+        raise WorkerError(ErrorCode.INVALID_INPUT,
+                          f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
+                          "only with diarize: true")
+    count = SpeakerCount(v["num_speakers"], v["min_speakers"], v["max_speakers"])
+    if count.num_speakers is not None and (count.min_speakers is not None
+                                           or count.max_speakers is not None):
+        raise WorkerError(ErrorCode.INVALID_INPUT, "give either num_speakers or "
+                          "min_speakers/max_speakers, not both")
+    if (count.min_speakers is not None and count.max_speakers is not None
+            and count.min_speakers > count.max_speakers):
+        raise WorkerError(ErrorCode.INVALID_INPUT, "min_speakers must not exceed max_speakers")
+    return count
 
 
 def _explain(errors: list[str], max_context_chars: int, subtitle: Any = None) -> str:

@@ -58,6 +58,8 @@ class SubtitleOptions:
     max_cue_seconds: float = 7.0
     min_cue_seconds: float = MIN_CUE_SECONDS
     pause_seconds: float = PAUSE_SECONDS
+    # Diarized cues name their speaker (SRT "SPEAKER_00: ", VTT <v SPEAKER_00>); False: not.
+    speaker_labels: bool = True
 
     @functools.cached_property
     def cjk_line_width(self) -> int:
@@ -76,6 +78,8 @@ class Word:
     # True when the chunk had no aligner at all: the time is the chunk's text spread over the
     # chunk, good for placing cues only (such words are not in `words`).
     untimed: bool = field(default=False, repr=False, compare=False)
+    # The diarized speaker of the word's time; None when not diarized or no turn is near.
+    speaker: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def space_before(self) -> bool:
@@ -88,6 +92,7 @@ class Segment:
     start: float
     end: float
     text: str
+    speaker: str | None = None  # set only on a diarized transcript
 
 
 # ---- characters ---------------------------------------------------------------------------
@@ -342,7 +347,7 @@ def _split_long(word: Word, options: SubtitleOptions) -> list[Word]:
         out.append(Word(text[a:b].strip(), word.start + span * a / len(text),
                         word.start + span * b / len(text),
                         space=word.space if a == 0 else " " * text[a - 1].isspace(),
-                        estimated=word.estimated, untimed=word.untimed))
+                        estimated=word.estimated, untimed=word.untimed, speaker=word.speaker))
     return out
 
 

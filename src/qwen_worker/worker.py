@@ -32,6 +32,7 @@ from .pipeline import Progress, Timings, transcribe_file
 from .request import parse_request
 from .results import deliver
 from .scheduler import BatchScheduler
+from .speakers import DiarizationUnavailable, TurnSource
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,10 @@ class Worker:
     """Holds the loaded engine (behind a scheduler unless it batches itself); `handle_async`
     is RunPod's handler."""
 
-    def __init__(self, settings: Settings, engine: Engine):
+    def __init__(self, settings: Settings, engine: Engine, diarizer: TurnSource | None = None):
         self.settings = settings
         self.engine = engine
+        self.diarizer = diarizer  # None: built without speaker diarization
         # vLLM batches the requests of all jobs itself, as they come (continuous batching);
         # the transformers models need one owner that gathers jobs into shared calls.
         self.scheduler = None if engine.batches_itself else BatchScheduler(
@@ -171,6 +173,9 @@ class Worker:
              progress: Progress | None, uploaded: bool = False) -> dict[str, Any]:
         s = self.settings
         request = parse_request(job_input, s.max_context_chars, uploaded=uploaded)
+        if request.options.diarize and self.diarizer is None:  # say so before any download
+            raise WorkerError(ErrorCode.DIARIZATION_UNAVAILABLE, "diarize was asked for, but "
+                              "this worker was built without speaker diarization")
         timings = Timings()
 
         t0 = time.perf_counter()
@@ -190,7 +195,10 @@ class Worker:
             transcript = transcribe_file(path, request.options, engine,
                                          max_audio_seconds=s.max_audio_seconds,
                                          decode_workers=s.decode_workers, info=info,
-                                         timings=timings, progress=progress)
+                                         timings=timings, progress=progress,
+                                         diarizer=self.diarizer)
+        except DiarizationUnavailable as exc:
+            raise WorkerError(ErrorCode.DIARIZATION_UNAVAILABLE, str(exc)) from None
         except AudioTooLong as exc:
             raise WorkerError(ErrorCode.AUDIO_TOO_LONG, str(exc)) from None
         except FormatRefused as exc:  # a playlist or manifest: nothing it names was opened
@@ -220,6 +228,8 @@ class Worker:
         output["timings"] = {"download": round(download_s, 3), "decode": round(timings.decode, 3),
                              "asr": round(timings.asr, 3), "align": round(timings.align, 3),
                              "total": round(total, 3)}
+        if request.options.diarize:
+            output["timings"]["diarize"] = round(timings.diarize, 3)
         output["rtf"] = round(total / transcript.duration, 4) if transcript.duration else None
         for fmt in request.formats:
             output[fmt] = WRITERS[fmt](transcript)
