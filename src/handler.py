@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # qwen_worker first: its package init prepares the environment torch and vLLM read at import.
 from qwen_worker.config import ConfigError, Settings, load_settings  # noqa: E402
 from qwen_worker.download import allow_loopback_for_local_testing  # noqa: E402
+from qwen_worker.diarize import Diarizer, load_configured  # noqa: E402
 from qwen_worker.engine import QwenEngine, load_engine  # noqa: E402
 from qwen_worker.model_files import StartupError  # noqa: E402
 from qwen_worker.worker import Worker  # noqa: E402
@@ -51,12 +52,13 @@ def load_failure(settings: Settings, exc: BaseException) -> str:
             + (str(exc).splitlines()[0][:300] if str(exc) else ""))
 
 
-def start() -> tuple[Settings, QwenEngine]:
+def start() -> tuple[Settings, QwenEngine, Diarizer | None]:
     """Settings and models, or one log line saying what to change and exit status 1."""
     settings = configure()
     try:
         # Loaded once per worker process, before the first job; vLLM needs this under __main__.
-        return settings, load_engine(settings)
+        engine = load_engine(settings)
+        return settings, engine, load_configured(settings)
     except Exception as exc:  # noqa: BLE001 - the reason in one line; the traceback at DEBUG
         log.error("start-up failed: %s", load_failure(settings, exc))
     sys.exit(1)
@@ -67,15 +69,15 @@ def main() -> None:
         from qwen_worker.selftest import run_self_test
 
         t0 = time.perf_counter()
-        settings, engine = start()
+        settings, engine, _ = start()
         sys.exit(run_self_test(settings, engine, time.perf_counter() - t0))
 
     import runpod
 
     from qwen_worker.selftest import warm_up
 
-    settings, engine = start()
-    worker = Worker(settings, engine)
+    settings, engine, diarizer = start()
+    worker = Worker(settings, engine, diarizer)
 
     # Runs on RunPod only (runpod skips fitness checks locally): a worker whose models load
     # but cannot transcribe dies here instead of failing every job it takes.

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from handler import configure, load_failure  # noqa: E402
 from qwen_worker.config import Settings  # noqa: E402
 from qwen_worker.download import INPUT_NAME  # noqa: E402
+from qwen_worker.diarize import load_configured  # noqa: E402
 from qwen_worker.engine import load_engine  # noqa: E402
 from qwen_worker.errors import ErrorCode  # noqa: E402
 from qwen_worker.lifecycle import SHUTDOWN_GRACE_SECONDS  # noqa: E402
@@ -66,6 +67,7 @@ def load_worker(settings: Settings) -> tuple[Worker, Tokenize]:
     from transformers import AutoTokenizer
 
     engine = load_engine(settings)
+    diarizer = load_configured(settings)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(settings.asr_model, "ASR_MODEL"))
     lock = threading.Lock()  # a Rust tokenizer must not be used by two threads at once
 
@@ -74,7 +76,8 @@ def load_worker(settings: Settings) -> tuple[Worker, Tokenize]:
             return list(tokenizer.encode(text, add_special_tokens=False))
 
     # No RunPod job API behind this entry point: nothing to post progress to.
-    return Worker(dataclasses.replace(settings, progress_updates=False), engine), tokenize
+    return Worker(dataclasses.replace(settings, progress_updates=False), engine,
+                  diarizer), tokenize
 
 
 class ServerState:

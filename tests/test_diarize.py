@@ -255,3 +255,46 @@ def test_settings_offer_diarization_only_where_the_pipeline_folder_is(pipeline_d
 def test_the_embedding_batch_size_reaches_the_pipeline(pipeline_dir, offline):
     loaded = load_diarizer(pipeline_dir, "cpu", embedding_batch_size=4)
     assert loaded._pipeline.embedding_batch_size == 4
+
+
+def test_a_diarized_job_through_the_worker_process(pipeline_dir, model_dirs, tmp_path):
+    """The whole path in the worker's own process (`handler.py --test_input`, runpod's one-shot
+    mode): the baked folder found through DIARIZATION_MODEL_DIR and loaded at start-up after
+    the ASR models, the job transcribed by the real qwen-asr code on the tiny models, then
+    diarized by pyannote on the same decoded audio: every word and segment carries one of the
+    listed speakers, and the subtitles show them."""
+    from http_server import AudioHost
+    from worker_server import run_test_input, worker_env
+
+    host = AudioHost()
+    try:
+        url = host.file("/two-speakers.wav", tiny_diarization.sample_path().read_bytes(),
+                        "audio/wav")
+        env = worker_env(model_dirs["english"], model_dirs["aligner"], tmp_path / "jobs",
+                         DOWNLOAD_ALLOW_LOOPBACK="true", DIARIZATION_MODEL_DIR=str(pipeline_dir))
+        # The tiny embedding's class lives in tests/tiny_diarization.py (its checkpoint names it).
+        env["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)
+        done = run_test_input(env, {"input": {"audio_url": url, "diarize": True,
+                                              "num_speakers": 2, "formats": ["vtt", "srt"]}},
+                              timeout=400)
+    finally:
+        host.close()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = _job_output(done.stdout + done.stderr)
+    labels = [s["speaker"] for s in out["speakers"]]
+    assert labels and set(labels) <= {"SPEAKER_00", "SPEAKER_01"}
+    assert out["words"] and all(w["speaker"] in labels + [None] for w in out["words"])
+    assert all(s["speaker"] in labels + [None] for s in out["segments"])
+    assert any(w["speaker"] for w in out["words"])
+    assert "<v SPEAKER_0" in out["vtt"] and "SPEAKER_0" in out["srt"]
+    assert out["timings"]["diarize"] > 0
+
+
+def _job_output(log: str) -> dict:
+    """The job's output from runpod's one-shot log ("Job result: {...}", a Python repr)."""
+    import ast
+    import re
+
+    match = re.search(r"Job result: (\{.*\})\s*$", log, re.MULTILINE)
+    assert match, log[-3000:]
+    return ast.literal_eval(match.group(1))["output"]

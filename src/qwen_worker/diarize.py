@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import Settings
 from .engine import EngineError
 from .model_files import StartupError
 from .speakers import SpeakerCount, Turn
@@ -138,7 +139,10 @@ def load_diarizer(path: Path, device: str, embedding_batch_size: int = 32,
     try:
         import torch
         from pyannote.audio import Pipeline
-
+    except ImportError as exc:
+        raise StartupError(f"diarization needs pyannote.audio, which this image lacks ({exc}); "
+                           "build it with --build-arg WITH_DIARIZATION=1") from exc
+    try:
         pipeline = Pipeline.from_pretrained(path)
         if pipeline is None:
             raise RuntimeError("Pipeline.from_pretrained returned nothing")
@@ -147,9 +151,6 @@ def load_diarizer(path: Path, device: str, embedding_batch_size: int = 32,
         pipeline.embedding_batch_size = embedding_batch_size
         pipeline.segmentation_batch_size = segmentation_batch_size
         pipeline.to(torch.device(device))
-    except ImportError as exc:
-        raise StartupError(f"diarization needs pyannote.audio, which this image lacks ({exc}); "
-                           "build it with --build-arg WITH_DIARIZATION=1") from exc
     except Exception as exc:  # noqa: BLE001 - a broken folder: one line, traceback at DEBUG
         log.debug("loading the diarization pipeline failed", exc_info=exc)
         raise StartupError(f"DIARIZATION_MODEL_DIR={path}: the pipeline does not load: "
@@ -157,3 +158,13 @@ def load_diarizer(path: Path, device: str, embedding_batch_size: int = 32,
                            + (str(exc).splitlines()[0][:300] if str(exc) else "")) from exc
     log.info("diarization pipeline loaded from %s on %s", path, device)
     return Diarizer(pipeline, device)
+
+
+def load_configured(settings: Settings) -> Diarizer | None:
+    """The baked pipeline when the image has one (WITH_DIARIZATION=1), else None: jobs that ask
+    for diarization then get DIARIZATION_UNAVAILABLE. Load it after the ASR engine: vLLM's
+    engine processes must start before anything initialises CUDA in this process."""
+    if not settings.diarization_available:
+        return None
+    return load_diarizer(settings.diarization_model_dir, settings.device,
+                         settings.diarization_embedding_batch_size)
