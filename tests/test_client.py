@@ -151,6 +151,21 @@ def test_a_failed_job_exits_1_with_its_error_code(api, worker, tmp_path):
     assert not (tmp_path / "notes.txt").exists()
 
 
+def test_diarize_asks_for_speakers_and_a_worker_without_them_says_so(api, worker, host,
+                                                                       tmp_path):
+    """--diarize and --speakers reach the job's input; the test worker was built without
+    diarization, so the job fails with that code and nothing is written."""
+    url = host.file("/talk.wav", media.make_audio(tmp_path / "talk.wav", 3.0).read_bytes(),
+                    "audio/wav")
+    run = _client([url, "--endpoint", ENDPOINT_ID, "--poll", "0.05", "--diarize",
+                   "--speakers", "2", "--out", str(tmp_path / "out")], _client_env(api), tmp_path)
+    assert api.runs[-1]["input"]["diarize"] is True
+    assert api.runs[-1]["input"]["num_speakers"] == 2
+    assert run.returncode == 1
+    assert "job failed: DIARIZATION_UNAVAILABLE" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_too_large_to_go_inline_is_refused_with_how_to_pass_a_url(tmp_path):
     api = ClientApi(hold=True)
     try:

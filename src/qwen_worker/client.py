@@ -217,6 +217,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="names, jargon, hot words for the model")
     p.add_argument("--no-words", action="store_true", help="skip word timestamps (faster)")
     p.add_argument("--chunk-seconds", type=float)
+    p.add_argument("--diarize", action="store_true",
+                   help="label speakers (needs an image built with WITH_DIARIZATION=1)")
+    p.add_argument("--speakers", type=int, metavar="N", help="with --diarize: exactly N speakers")
+    p.add_argument("--min-speakers", type=int, metavar="N")
+    p.add_argument("--max-speakers", type=int, metavar="N")
     p.add_argument("--max-inline-mb", type=float,
                    help="largest local file sent inline (default 7.5 for --endpoint, 20 for "
                         "--local)")
@@ -247,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
             job_input[key] = value
     if args.no_words:
         job_input["word_timestamps"] = False
+    if args.diarize:  # the counts without it are refused by the worker, with its reason
+        job_input["diarize"] = True
+    for key, value in (("num_speakers", args.speakers), ("min_speakers", args.min_speakers),
+                       ("max_speakers", args.max_speakers)):
+        if value is not None:
+            job_input[key] = value
 
     bar = ProgressBar()
     run: Callable[[], dict[str, Any]] = (
