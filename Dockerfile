@@ -72,8 +72,9 @@ RUN --mount=type=secret,id=hf_token,env=HF_TOKEN \
 
 # Runtime: no hub access (the weights are in /models), and runpod at INFO, because at its
 # default DEBUG level it logs every job's output, transcripts included.
-# PYTORCH_NVML_BASED_CUDA_CHECK: the worker never initialises CUDA in its own process, and
-# torch's default CUDA check would (the worker also sets it in code). vLLM's engine processes
+# PYTORCH_NVML_BASED_CUDA_CHECK: the worker initialises no CUDA in its own process (unless the
+# diarizer runs there, after the engines started), and torch's default CUDA check would (the
+# worker also sets it in code). vLLM's engine processes
 # are started with spawn: the worker sets VLLM_WORKER_MULTIPROC_METHOD=spawn itself.
 # PYANNOTE_METRICS_ENABLED=0: pyannote.audio (WITH_DIARIZATION=1) otherwise sends usage
 # telemetry to its vendor.

@@ -176,8 +176,9 @@ def reuse(processor, params, al_proc, aligner_dir) -> list:
         " ".join(["Hello, world."] * 200), "English")
     pooling = PoolingParams(task="token_classify")
     rows = []
-    for seconds in (30, 270, 300):
-        audio = np.random.default_rng(seconds).normal(0, 0.1, seconds * SR).astype(np.float32)
+    for seconds in (30, 270, 300, 7.37, 0.6):  # round chunks, a tail, a near-minimum repair
+        audio = np.random.default_rng(int(seconds * 100)).normal(
+            0, 0.1, int(seconds * SR)).astype(np.float32)
         asr_in = processor.input_preprocessor.preprocess(
             {"prompt": asr_prompt("", "English"), "multi_modal_data": {"audio": audio}})
         processor.process_inputs("asr", asr_in, params, supported_tasks=("generate",))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,79 @@ def _job_output(log: str) -> dict:
     match = re.search(r"Job result: (\{.*\})\s*$", log, re.MULTILINE)
     assert match, log[-3000:]
     return ast.literal_eval(match.group(1))["output"]
+
+
+def test_more_speakers_than_a_short_clip_holds_gives_what_it_finds(diarizer, sample,
+                                                                   model_dirs):
+    """12 s cannot hold 8 speakers: pyannote's clustering refuses the count (scikit-learn's
+    KMeans: fewer embeddings than clusters); the diarizer takes what the audio tells apart,
+    and the job's warnings say how many were found."""
+    from models import engine_for
+    from qwen_worker.pipeline import Options, transcribe_samples
+
+    clip = sample[:12 * SECONDS]
+    turns = diarizer.diarize(clip, SpeakerCount(num_speakers=8))
+    _assert_well_formed(turns, 12.0)
+    found = len({t.speaker for t in turns})
+    assert 1 <= found < 8
+    transcript = transcribe_samples(
+        clip, Options(language="English", diarize=True, speakers=SpeakerCount(num_speakers=8)),
+        engine_for(model_dirs["english"], model_dirs["aligner"]), diarizer=diarizer)
+    assert f"8 speakers were asked for; {found} found (the audio gave no more to tell apart)" \
+        in transcript.warnings
+    assert transcript.speakers
+
+
+def test_one_diarization_at_a_time(diarizer, sample):
+    """Jobs run in threads; the pipeline (its GPU memory, its models' state) serves one at a
+    time."""
+    inner = diarizer._pipeline
+    state = {"inside": 0, "most": 0}
+    lock = threading.Lock()
+
+    class Watched:
+        def __call__(self, *args, **kwargs):
+            with lock:
+                state["inside"] += 1
+                state["most"] = max(state["most"], state["inside"])
+            try:
+                time.sleep(0.2)  # long enough for the other thread to arrive
+                return inner(*args, **kwargs)
+            finally:
+                with lock:
+                    state["inside"] -= 1
+
+    watched = Diarizer(Watched(), "cpu")
+    threads = [threading.Thread(target=watched.diarize, args=(sample[:4 * SECONDS],
+                                                              SpeakerCount()))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert state["most"] == 1 and state["inside"] == 0
+
+
+def test_start_up_runs_the_pipeline_once(pipeline_dir, offline, monkeypatch):
+    """The worker's loading (load_configured) runs a short clip through the pipeline: one that
+    loads but cannot run stops the start in one line, not every diarized job later."""
+    from qwen_worker.config import load_settings
+    from qwen_worker.diarize import load_configured
+    from qwen_worker.engine import DiarizationError
+
+    settings = load_settings({"DIARIZATION_MODEL_DIR": str(pipeline_dir), "ASR_DEVICE": "cpu"})
+    calls = []
+    real = Diarizer.diarize
+    monkeypatch.setattr(Diarizer, "diarize",
+                        lambda self, samples, count: calls.append(samples.size)
+                        or real(self, samples, count))
+    assert isinstance(load_configured(settings), Diarizer) and calls == [10 * SECONDS]
+
+    def broken(self, samples, count):
+        raise DiarizationError("speaker diarization failed: RuntimeError: cuDNN error")
+
+    monkeypatch.setattr(Diarizer, "diarize", broken)
+    with pytest.raises(StartupError) as err:
+        load_configured(settings)
+    assert "loads but does not run" in str(err.value) and "\n" not in str(err.value)
+    assert load_configured(load_settings({"ASR_DEVICE": "cpu"})) is None  # not built in

@@ -277,9 +277,11 @@ def test_no_diarize_by_default():
     ({"diarize": False, "min_speakers": 1, "max_speakers": 3},
      "min_speakers, max_speakers apply only with diarize: true"),
     ({"speaker_labels": "none"}, "speaker_labels applies only with diarize: true"),
-    ({"diarize": True, "num_speakers": 0}, "num_speakers must be a positive integer"),
-    ({"diarize": True, "max_speakers": -1}, "max_speakers must be a positive integer"),
-    ({"diarize": True, "num_speakers": True}, "num_speakers must be a positive integer"),
+    ({"diarize": True, "num_speakers": 0}, "num_speakers must be an integer from 1 to 20"),
+    ({"diarize": True, "max_speakers": -1}, "max_speakers must be an integer from 1 to 20"),
+    ({"diarize": True, "num_speakers": True}, "num_speakers must be an integer from 1 to 20"),
+    ({"diarize": True, "num_speakers": 60}, "num_speakers must be an integer from 1 to 20"),
+    ({"diarize": True, "word_timestamps": False}, "diarize needs word_timestamps"),
     ({"diarize": True, "num_speakers": 2.0}, "num_speakers should be int, not float"),
     ({"diarize": True, "min_speakers": "2"}, "min_speakers should be int, not str"),
     ({"diarize": True, "num_speakers": 2, "max_speakers": 3},
@@ -396,6 +398,8 @@ def test_a_failing_diarizer_fails_the_job_with_engine_error(model_dirs, tmp_path
                     diarizer=Broken())
     out = worker.handle({"id": "d4", "input": {"audio_base64": audio_b64, "diarize": True}})
     assert out["error_code"] == ErrorCode.ENGINE_ERROR.value and "text" not in out
+    assert "speaker diarization failed" in out["error"]  # not the transcription
+    assert out["refresh_worker"] is True  # a GPU out of memory: the worker is replaced
     # The worker serves the next job.
     again = worker.handle({"id": "d5", "input": {"audio_base64": audio_b64}})
     assert again["text"] == ENGLISH
@@ -529,6 +533,21 @@ def test_bad_counts_reach_the_worker_check_and_are_400(diarizing_api, audio_file
             extra_body={"min_speakers": "3", "max_speakers": "2"})
     assert exc_info.value.body["code"] == "INVALID_INPUT"
     assert "min_speakers must not exceed max_speakers" in exc_info.value.body["message"]
+
+
+@pytest.mark.parametrize("fields,param", [
+    ({"response_format": ["diarized_json"], "diarize": ["false"]}, "diarize"),
+    ({"response_format": ["json"], "diarize": ["true"]}, "response_format"),
+    ({"response_format": ["text"], "diarize": ["1"]}, "response_format"),
+])
+def test_diarize_with_a_format_that_contradicts_it_is_refused(fields, param):
+    """diarize=false cannot give diarized_json; json and text have no place for speakers (the
+    diarizer's minutes would be thrown away)."""
+    from qwen_worker.openai_compat import FormError, parse_form
+
+    with pytest.raises(FormError) as err:
+        parse_form(fields, has_file=True)
+    assert err.value.param == param and err.value.code is ErrorCode.INVALID_INPUT
 
 
 def test_diarized_json_form_maps_onto_a_diarizing_job():

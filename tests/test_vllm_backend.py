@@ -176,9 +176,18 @@ def test_the_aligner_reuses_the_asrs_audio_features(fake_vllm, model_dirs, monke
         np.testing.assert_array_equal(_audio(b), _audio(o))
         assert b["prompt"]["mm_hashes"] == {"audio": [f"{b['request_id']}-audio-0"]}
     assert reused == own and all(reused)
-    assert engine._features
+    assert engine._features == {}  # taken by the alignment
+    engine.transcribe([copies[0]], ["English"], [""])  # transcribed, never aligned
+    assert len(engine._features) == 1
     del chunks, copies
     gc.collect()
+    assert engine._features == {}  # dropped with its chunk
+    # The drop runs inside garbage collection, which may start where the lock is held.
+    kept = np.zeros(SECOND, np.float32)
+    engine.transcribe([kept], ["English"], [""])
+    with engine._features_lock:
+        del kept
+        gc.collect()  # would deadlock with a plain lock
     assert engine._features == {}
     assert fake_vllm.ACTIVE == set()
 

@@ -14,7 +14,8 @@ import sys as _sys
 
 # Before anything imports torch: torch's default `cuda.is_available()` initialises the CUDA
 # runtime, which would hold a CUDA context (~0.5 GiB of GPU memory) in the worker's process;
-# only vLLM's engine processes use the GPU. The NVML-based check answers without it.
+# only vLLM's engine processes use the GPU (and the diarizer, when the image has one, loaded
+# after the engines started). The NVML-based check answers without it.
 _os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 # qwen-asr's own vLLM backend (written for vLLM 0.14) is never used: the GPU engine runs vLLM's

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 
 from .config import Settings
-from .engine import EngineError
+from .engine import DiarizationError
 from .model_files import StartupError
 from .speakers import SpeakerCount, Turn
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+WARM_UP_SECONDS = 10  # a start-up run: one of the segmentation's 10 s windows
 # What Pipeline.from_pretrained(dir) reads from a community-1 folder.
 PIPELINE_FILES = ("config.yaml", "segmentation/pytorch_model.bin",
                   "embedding/pytorch_model.bin", "plda/xvec_transform.npz", "plda/plda.npz")
@@ -54,17 +55,30 @@ class Diarizer:
         with self._lock:
             _release_gpu_cache(self.device)  # blocks cached by earlier work in this process
             try:
-                output = self._pipeline(audio, num_speakers=count.num_speakers,
-                                        min_speakers=count.min_speakers,
-                                        max_speakers=count.max_speakers)
+                try:
+                    output = self._call(audio, count)
+                except ValueError as exc:
+                    if "n_clusters" not in str(exc):
+                        raise
+                    # scikit-learn's KMeans: more speakers asked for than the audio has
+                    # embeddings (a short file). Take what it tells apart; the job's warnings
+                    # say how many were found.
+                    output = self._call(audio, SpeakerCount(
+                        max_speakers=count.num_speakers or count.max_speakers))
             except Exception as exc:  # noqa: BLE001 - any pipeline failure fails this job only
-                raise EngineError(f"speaker diarization failed: {type(exc).__name__}: "
-                                  + (str(exc).splitlines()[0][:300] if str(exc) else "")) from exc
+                raise DiarizationError(f"speaker diarization failed: {type(exc).__name__}: "
+                                       + (str(exc).splitlines()[0][:300] if str(exc) else "")
+                                       ) from exc
             finally:
                 _release_gpu_cache(self.device)
         tracks = output.exclusive_speaker_diarization.itertracks(yield_label=True)
         return to_turns(((seg.start, seg.end, label) for seg, _, label in tracks),
                         samples.size / SAMPLE_RATE)
+
+
+    def _call(self, audio: dict[str, Any], count: SpeakerCount) -> Any:
+        return self._pipeline(audio, num_speakers=count.num_speakers,
+                              min_speakers=count.min_speakers, max_speakers=count.max_speakers)
 
 
 def _check_count(count: SpeakerCount) -> None:
@@ -166,5 +180,14 @@ def load_configured(settings: Settings) -> Diarizer | None:
     engine processes must start before anything initialises CUDA in this process."""
     if not settings.diarization_available:
         return None
-    return load_diarizer(settings.diarization_model_dir, settings.device,
-                         settings.diarization_embedding_batch_size)
+    diarizer = load_diarizer(settings.diarization_model_dir, settings.device,
+                             settings.diarization_embedding_batch_size)
+    # A pipeline that loads but cannot run (a torchaudio or cuDNN mismatch on the GPU, say)
+    # stops the start here, rather than failing every diarized job after its transcription.
+    noise = np.random.default_rng(0).normal(0, 0.1, WARM_UP_SECONDS * SAMPLE_RATE)
+    try:
+        diarizer.diarize(noise.astype(np.float32), SpeakerCount())
+    except DiarizationError as exc:
+        raise StartupError(f"DIARIZATION_MODEL_DIR={settings.diarization_model_dir}: the "
+                           f"pipeline loads but does not run: {exc}") from exc
+    return diarizer

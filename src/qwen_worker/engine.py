@@ -54,6 +54,10 @@ class EngineError(RuntimeError):
     """The model failed on a file: no partial transcript is returned."""
 
 
+class DiarizationError(EngineError):
+    """The speaker diarizer failed on a file (after its transcription)."""
+
+
 class Engine(Protocol):
     backend: str
     asr_model: str

@@ -178,6 +178,14 @@ def parse_form(fields: dict[str, list[str]], *, has_file: bool) -> Transcription
     raw_diarize = (_one(fields, "diarize") or "false").strip().lower()
     if raw_diarize not in ("true", "false", "1", "0"):
         raise FormError(f"diarize must be true or false, not {raw_diarize!r}", "diarize")
+    if raw_diarize in ("false", "0") and _one(fields, "diarize") is not None \
+            and response_format == "diarized_json":
+        raise FormError("diarized_json is a diarized answer: leave out diarize=false",
+                        "diarize")
+    if raw_diarize in ("true", "1") and response_format in ("json", "text"):
+        # Their shapes have no place for speakers: the diarizer's work would be thrown away.
+        raise FormError(f"response_format={response_format} carries no speakers: with diarize "
+                        "use diarized_json, verbose_json, srt or vtt", "response_format")
     speakers = []
     for name in SPEAKER_FIELDS:
         raw = _one(fields, name)

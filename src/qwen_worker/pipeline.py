@@ -11,10 +11,11 @@ import numpy as np
 
 from . import chunking, repair
 from .decode import SAMPLE_RATE, AudioInfo, decode
-from .engine import AlignedToken, AsrOutput, Engine, EngineError
+from .engine import AlignedToken, AsrOutput, DiarizationError, Engine, EngineError
 from .languages import is_unspaced
 from .merge import SubtitleOptions, Transcript, merge_chunks
-from .speakers import DiarizationUnavailable, SpeakerCount, TurnSource, diarize_transcript
+from .speakers import (DiarizationUnavailable, SpeakerCount, Turn, TurnSource,
+                       diarize_transcript)
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,39 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
         if progress is not None:
             progress("diarizing", 0, 1)
         t0 = time.perf_counter()
-        turns = _run_engine("diarization", lambda: diarizer.diarize(samples, options.speakers))
+        try:
+            turns = diarizer.diarize(samples, options.speakers)
+        except DiarizationError:
+            raise
+        except Exception as exc:  # any diarizer failure fails the file, as the models' do
+            raise DiarizationError(f"speaker diarization failed: {type(exc).__name__}: {exc}"
+                                   ) from exc
         transcript = diarize_transcript(transcript, turns)
+        untimed = sorted({outputs[i].language or "unknown" for i, a in enumerate(alignments)
+                          if a is None and outputs[i].text})
+        transcript.warnings.extend(_speaker_warnings(options.speakers, turns, untimed))
         timings.diarize = time.perf_counter() - t0
         if progress is not None:
             progress("diarizing", 1, 1)
     return transcript
+
+
+def _speaker_warnings(count: SpeakerCount, turns: list[Turn], untimed: list[str]) -> list[str]:
+    """What a diarized job should know: fewer or more speakers than asked for, and speakers
+    placed by estimated times (text without word timestamps)."""
+    found = len({t.speaker for t in turns})
+    told = []
+    if count.num_speakers is not None and found != count.num_speakers:
+        told.append(f"{count.num_speakers} speakers were asked for; {found} found (the audio "
+                    "gave no more to tell apart)")
+    elif count.min_speakers is not None and found < count.min_speakers:
+        told.append(f"at least {count.min_speakers} speakers were asked for; {found} found")
+    elif count.max_speakers is not None and found > count.max_speakers:
+        told.append(f"at most {count.max_speakers} speakers were asked for; {found} found")
+    if untimed:
+        told.append("speakers of the text without word timestamps (" + ", ".join(untimed)
+                    + ") follow estimated times")
+    return told
 
 
 def _run_engine(stage: str, call):

@@ -24,6 +24,9 @@ SUBTITLE_KEYS: dict[str, tuple[bool, float, float]] = {
     "max_cue_seconds": (False, 1, 30),
 }
 SPEAKER_KEYS = ("num_speakers", "min_speakers", "max_speakers")
+# More than a pipeline is made to tell apart (community-1's clustering is tuned for meetings
+# and podcasts); a larger count only makes pyannote's clustering fail.
+MAX_SPEAKERS = 20
 SPEAKER_LABELS = ("prefix", "none")  # diarized SRT/VTT/txt: the speaker shown, or not
 
 
@@ -32,7 +35,7 @@ def _number(v: Any) -> bool:
 
 
 def _count(v: Any) -> bool:
-    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SPEAKERS)
 
 
 def _subtitle_problems(value: Any) -> list[str]:
@@ -88,7 +91,7 @@ HINTS = {
     "formats": f"formats must be a list drawn from {list(FORMATS)}",
     "chunk_seconds": f"chunk_seconds must be a number from {MIN_CHUNK_SECONDS:.0f} "
                      f"to {MAX_CHUNK_SECONDS:.0f}",
-    **{key: f"{key} must be a positive integer" for key in SPEAKER_KEYS},
+    **{key: f"{key} must be an integer from 1 to {MAX_SPEAKERS}" for key in SPEAKER_KEYS},
     "speaker_labels": f"speaker_labels must be one of {list(SPEAKER_LABELS)}",
 }
 
@@ -143,6 +146,9 @@ def _speaker_count(v: dict[str, Any]) -> SpeakerCount:
         raise WorkerError(ErrorCode.INVALID_INPUT,
                           f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
                           "only with diarize: true")
+    if v["diarize"] and not v["word_timestamps"]:
+        raise WorkerError(ErrorCode.INVALID_INPUT, "diarize needs word_timestamps: speakers "
+                          "are given word by word, from the words' times")
     count = SpeakerCount(v["num_speakers"], v["min_speakers"], v["max_speakers"])
     if count.num_speakers is not None and (count.min_speakers is not None
                                            or count.max_speakers is not None):

@@ -214,7 +214,9 @@ class VllmEngine:
         self._aligner_tokenizer_lock = threading.Lock()
         self._audio_pad_id = aligner_tokenizer.convert_tokens_to_ids(AUDIO_PLACEHOLDER)
         self._features: dict[int, tuple[weakref.ref, Any, Any]] = {}
-        self._features_lock = threading.Lock()
+        # Reentrant: `_forget` runs in garbage collection, which may start in a thread that
+        # holds the lock (inside `_remember` or `_recall`).
+        self._features_lock = threading.RLock()
         self.reuses_features = False  # set by `warm_up` once the check below has passed
         self._ids = itertools.count()
         self._fatal: BaseException | None = None
@@ -298,9 +300,12 @@ class VllmEngine:
         (own,) = self._prepare("aligner", ["check"], [prompt], [audio], 0)
         (place,) = asr_input["mm_placeholders"]["audio"]
         built = self._aligner_input("check", prompt, asr_input["mm_kwargs"], place)
-        same = (built["prompt_token_ids"] == own["prompt_token_ids"]
-                and built["mm_placeholders"] == own["mm_placeholders"]
-                and _same_data(built["mm_kwargs"], own["mm_kwargs"]))
+        try:
+            same = (built["prompt_token_ids"] == own["prompt_token_ids"]
+                    and bool(built["mm_placeholders"] == own["mm_placeholders"])
+                    and _same_data(built["mm_kwargs"], own["mm_kwargs"]))
+        except Exception:  # noqa: BLE001 - parts that do not even compare are not the same
+            same = False
         if not same:
             log.warning("the aligner processes audio unlike the ASR model: it computes its own "
                         "audio features (slower)")
@@ -365,10 +370,12 @@ class VllmEngine:
                 del self._features[key]
 
     def _recall(self, chunk: np.ndarray) -> tuple[Any, Any] | None:
+        """The chunk's features, taken: a chunk is aligned once (a repair aligns stretches of
+        it, other arrays), so they are not held through the rest of the job."""
         if not self.reuses_features:
             return None
         with self._features_lock:
-            entry = self._features.get(id(chunk))
+            entry = self._features.pop(id(chunk), None)
         if entry is None or entry[0]() is not chunk:
             return None
         return entry[1], entry[2]

@@ -23,7 +23,7 @@ from .config import Settings
 from .decode import (AudioTooLong, DecodeError, DecoderKilled, EmptyAudio, FormatRefused,
                      NoAudioStream, TruncatedAudio, probe)
 from .download import INPUT_NAME, DownloadPolicy, decode_base64, fetch_url
-from .engine import Engine, EngineError, is_fatal_gpu_error
+from .engine import DiarizationError, Engine, EngineError, is_fatal_gpu_error
 from .errors import ErrorCode, WorkerError, in_cause_chain
 from .formats import WRITERS
 from .lifecycle import (JOB_DIR_PREFIX, LIFETIME, JobCancelled, JobScope, Stopped,
@@ -217,8 +217,9 @@ class Worker:
                               "the data is not audio that ffmpeg can decode") from exc
         except EngineError as exc:
             log.error("engine failure: %s", exc, exc_info=exc.__cause__)
+            what = ("speaker diarization" if isinstance(exc, DiarizationError) else "the model")
             raise WorkerError(ErrorCode.ENGINE_ERROR,
-                              "the model failed on this audio; no partial transcript is returned",
+                              f"{what} failed on this audio; no partial transcript is returned",
                               refresh_worker=is_fatal_gpu_error(exc)) from None
 
         total = time.perf_counter() - started
