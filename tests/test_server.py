@@ -252,7 +252,10 @@ def _auth() -> dict[str, str]:
     ({"extra_body": {"subtitle": "[1]"}}, 400, "INVALID_INPUT", "subtitle"),
     ({"extra_body": {"speakers": "2"}}, 400, "INVALID_INPUT", "speakers"),  # unknown field
     # This server's worker is built without diarization.
-    ({"extra_body": {"diarize": "true"}}, 400, "DIARIZATION_UNAVAILABLE", None),
+    ({"response_format": "verbose_json", "extra_body": {"diarize": "true"}}, 400,
+     "DIARIZATION_UNAVAILABLE", None),
+    # json (the default) has no place for speakers.
+    ({"extra_body": {"diarize": "true"}}, 400, "INVALID_INPUT", "response_format"),
 ])
 def test_bad_fields_are_400_with_our_code(client, audio, api, kwargs, status, code, param):
     with pytest.raises(openai.APIStatusError) as exc_info:
