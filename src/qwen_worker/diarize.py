@@ -75,7 +75,6 @@ class Diarizer:
         return to_turns(((seg.start, seg.end, label) for seg, _, label in tracks),
                         samples.size / SAMPLE_RATE)
 
-
     def _call(self, audio: dict[str, Any], count: SpeakerCount) -> Any:
         return self._pipeline(audio, num_speakers=count.num_speakers,
                               min_speakers=count.min_speakers, max_speakers=count.max_speakers)

@@ -72,8 +72,9 @@ def to_vtt(transcript: Transcript) -> str:
 def to_text(transcript: Transcript) -> str:
     if transcript.speakers is not None and transcript.subtitle.speaker_labels:
         # One line per change of speaker, as a script reads.
-        return "".join((f"{run[0].speaker}: " if run[0].speaker else "") + join_words(run) + "\n"
-                       for run in speaker_runs(transcript.pieces) if join_words(run))
+        lines = ((run[0].speaker, join_words(run)) for run in speaker_runs(transcript.pieces))
+        return "".join((f"{speaker}: " if speaker else "") + text + "\n"
+                       for speaker, text in lines if text)
     return transcript.text + ("\n" if transcript.text else "")
 
 

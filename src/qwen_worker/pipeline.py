@@ -116,13 +116,9 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
         if progress is not None:
             progress("diarizing", 0, 1)
         t0 = time.perf_counter()
-        try:
-            turns = diarizer.diarize(samples, options.speakers)
-        except DiarizationError:
-            raise
-        except Exception as exc:  # any diarizer failure fails the file, as the models' do
-            raise DiarizationError(f"speaker diarization failed: {type(exc).__name__}: {exc}"
-                                   ) from exc
+        turns = _run_engine("speaker diarization",
+                            lambda: diarizer.diarize(samples, options.speakers),
+                            DiarizationError)
         transcript = diarize_transcript(transcript, turns)
         untimed = sorted({outputs[i].language or "unknown" for i, a in enumerate(alignments)
                           if a is None and outputs[i].text})
@@ -151,13 +147,13 @@ def _speaker_warnings(count: SpeakerCount, turns: list[Turn], untimed: list[str]
     return told
 
 
-def _run_engine(stage: str, call):
+def _run_engine(stage: str, call, error: type[EngineError] = EngineError):
     try:
         return call()
-    except EngineError:
+    except error:
         raise
     except Exception as exc:  # any model failure fails the whole file, never part of it
-        raise EngineError(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
+        raise error(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _where(chunk: chunking.Chunk) -> str:
