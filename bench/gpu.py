@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -198,6 +199,7 @@ class DeviceMemory:
             self._nvml = None
             self.total_gib = CARD_GIB
         self.peak = 0.0
+        self.busy: list[float] = []
         self._stop = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
 
@@ -206,18 +208,138 @@ class DeviceMemory:
             return 0.0
         return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**30
 
+    def busy_percent(self) -> float:
+        """NVML's share of its last sample period in which a kernel ran (any process)."""
+        if self._nvml is None:
+            return 0.0
+        return float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, self.used_gib())
+            self.busy.append(self.busy_percent())
 
     def reset(self) -> None:
         self.peak = self.used_gib()
+        self.busy = []
 
     def processes(self) -> int:
         """How many processes hold a CUDA context (the two engine cores; not the front end)."""
         if self._nvml is None:
             return 0
         return len(self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle))
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _thread_kind(name: str) -> str:
+    return name.split("_")[0].split(" ")[0].rstrip("-0123456789") or "?"
+
+
+def _threads_cpu() -> dict[str, float]:
+    """This process's live threads: Python thread kind -> CPU seconds (threads not started by
+    Python, such as tokenizers' or torch's pools, count as "native")."""
+    names = {t.native_id: _thread_kind(t.name) for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kind = names.get(int(tid), "native")
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+class Usage:
+    """Where a phase's time went: CPU seconds of this process (by thread kind; threads that
+    ended within the phase, the job threads, as "ended"), of each engine core (and its busiest
+    thread, the loop that feeds the GPU), of the front-end processes, of the children reaped
+    meanwhile (ffmpeg); and the GPU's mean busy share (NVML)."""
+
+    def __init__(self, engine: Any, memory: "DeviceMemory"):
+        self._engine = engine
+        self._memory = memory
+
+    def _processes(self) -> dict[str, list[int]]:
+        try:
+            import psutil
+        except ImportError:  # vLLM needs it; a machine without it measures this process only
+            return {}
+        groups: dict[str, list[int]] = {}
+        for name in ("asr", "aligner"):
+            try:
+                core = getattr(self._engine, f"_{name}").engine_core
+                groups[f"core_{name}"] = [p.pid for p in core.resources.engine_manager.processes]
+            except AttributeError:  # the stand-in, or another vLLM layout
+                pass
+        front = getattr(getattr(self._engine, "_front", None), "_pool", None)
+        if front is not None:
+            groups["frontend"] = list(getattr(front, "_processes", {}) or {})
+        known = {pid for pids in groups.values() for pid in pids}
+        groups["other"] = [c.pid for c in psutil.Process().children(recursive=True)
+                           if c.pid not in known]
+        return groups
+
+    @staticmethod
+    def _cpu(pid: int) -> tuple[float, dict[int, float]]:
+        """(process CPU seconds, each thread's)."""
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            times = proc.cpu_times()
+            return (times.user + times.system,
+                    {t.id: t.user_time + t.system_time for t in proc.threads()})
+        except psutil.Error:
+            return 0.0, {}
+
+    def _snapshot(self) -> dict[str, Any]:
+        import resource
+
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"t": time.perf_counter(), "process": time.process_time(),
+                "threads": _threads_cpu(), "reaped": reaped.ru_utime + reaped.ru_stime,
+                "procs": {pid: (group, self._cpu(pid))
+                          for group, pids in self._processes().items() for pid in pids}}
+
+    def __enter__(self) -> "Usage":
+        self._memory.busy = []
+        self._start = self._snapshot()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        end, start = self._snapshot(), self._start
+        wall = end["t"] - start["t"]
+        threads = {k: v - start["threads"].get(k, 0.0) for k, v in end["threads"].items()}
+        threads = {k: v for k, v in threads.items() if v >= 0.005}
+        main = end["process"] - start["process"]
+        threads["ended"] = max(0.0, main - sum(threads.values()))
+        groups: dict[str, float] = {}
+        busiest: dict[str, float] = {}
+        working: dict[str, int] = {}
+        for pid, (group, (cpu, threads_cpu)) in end["procs"].items():
+            before = start["procs"].get(pid, (group, (0.0, {})))[1]
+            groups[group] = groups.get(group, 0.0) + cpu - before[0]
+            if group.startswith("core_"):
+                used = [v - before[1].get(tid, 0.0) for tid, v in threads_cpu.items()]
+                busiest[group] = max(used, default=0.0)
+                working[group] = sum(1 for u in used if u >= 0.05 * wall)
+        busy = self._memory.busy
+        self.row = {
+            "cpu_s": {"main": round(main, 2),
+                      **{k: round(v, 2) for k, v in groups.items()},
+                      "reaped": round(end["reaped"] - start["reaped"], 2)},
+            "main_threads_s": {k: round(v, 2) for k, v in sorted(threads.items(),
+                                                                 key=lambda kv: -kv[1])},
+            # the engine-core loop's share of the phase: near 1.0, it is what the GPU waits on
+            "core_loop_share": {k: round(v / wall, 2) for k, v in busiest.items()},
+            # threads of each engine core busy at least 5% of the phase (torch's CPU pool?)
+            "core_threads_working": working,
+            "gpu_busy_pct": round(sum(busy) / len(busy), 1) if busy else None,
+        }
 
 
 class StackSampler:
@@ -386,6 +508,9 @@ def main() -> int:
     ap.add_argument("--steady", type=int, default=4,
                     help="then the jobs this many times over at the highest concurrency")
     ap.add_argument("--hour", type=float, default=3600.0, help="seconds of the long file")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="then restart the engines with these settings (the worker's env keys) "
+                         "and run the engine and job phases again: against the same baseline")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--where", action="store_true", help="sample the threads' stacks in job phases")
     ap.add_argument("--smoke", action="store_true", help="CPU: stand-in vllm, tiny dims")
@@ -437,6 +562,7 @@ def main() -> int:
             traceback.print_exc()
             record(name, {"error": f"{type(exc).__name__}: {exc}"[:500]})
 
+    idle_gib = memory.used_gib()
     t0 = time.perf_counter()
     engine = load_engine(settings)
     startup = time.perf_counter() - t0
@@ -479,14 +605,18 @@ def main() -> int:
 
     def engine_calls(which: Any, name: str) -> dict:
         """The hour's chunks through one engine's transcribe and align (700 words a chunk)."""
-        t0 = time.perf_counter()
-        which.transcribe(chunks, english, [""] * len(chunks))
-        asr_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        which.align(chunks, texts, english)
+        memory.reset()
+        with Usage(which, memory) as asr_usage:
+            t0 = time.perf_counter()
+            which.transcribe(chunks, english, [""] * len(chunks))
+            asr_s = time.perf_counter() - t0
+        with Usage(which, memory) as align_usage:
+            t0 = time.perf_counter()
+            which.align(chunks, texts, english)
+            align_s = time.perf_counter() - t0
         return {"chunks": len(chunks), f"{name}_asr_s": round(asr_s, 2),
-                f"{name}_align_s": round(time.perf_counter() - t0, 2),
-                "audio_h": round(args.hour / 3600, 3)}
+                f"{name}_align_s": round(align_s, 2), "audio_h": round(args.hour / 3600, 3),
+                "asr_usage": asr_usage.row, "align_usage": align_usage.row}
 
     def front_end() -> dict:
         """vLLM's input processing alone (the front-end processes): the clips' ASR inputs, then
@@ -509,23 +639,61 @@ def main() -> int:
 
     def one_call() -> dict:
         """The clips as one transcribe and one align call: our engine class without jobs."""
-        t0 = time.perf_counter()
-        engine.transcribe(clips, ["English"] * len(clips), [""] * len(clips))
-        asr_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        engine.align(clips, [random_words(100, i) for i in range(len(clips))],
-                     ["English"] * len(clips))
-        align_s = time.perf_counter() - t0
+        texts = [random_words(100, i) for i in range(len(clips))]
+        with Usage(engine, memory) as asr_usage:
+            t0 = time.perf_counter()
+            engine.transcribe(clips, ["English"] * len(clips), [""] * len(clips))
+            asr_s = time.perf_counter() - t0
+        with Usage(engine, memory) as align_usage:
+            t0 = time.perf_counter()
+            engine.align(clips, texts, ["English"] * len(clips))
+            align_s = time.perf_counter() - t0
         audio_h = len(clips) * 30.0 / 3600
         return {"clips": len(clips), "asr_s": round(asr_s, 3), "align_s": round(align_s, 3),
-                "gpu_s_per_audio_h": round((asr_s + align_s) / audio_h, 2)}
+                "gpu_s_per_audio_h": round((asr_s + align_s) / audio_h, 2),
+                "asr_usage": asr_usage.row, "align_usage": align_usage.row}
 
-    def job_batch(conc: int, rounds: int = 1) -> dict:
+    def same_engine() -> dict:
+        """A/B on one engine, each side twice, interleaved: the clips' alignment asking for
+        all 5000 classes against only those within the audio (each after the clips' ASR, whose
+        features it reuses); their ASR decoding greedily (as the worker does) against the
+        benchmark's fixed-length sampling (temperature 1 among the word tokens)."""
+        english, blank = ["English"] * len(clips), [""] * len(clips)
+        texts = [random_words(100, i) for i in range(len(clips))]
+        audio_h = len(clips) * 30.0 / 3600
+        took: dict[str, list[float]] = {}
+
+        def timed(name: str, call: Callable[[], Any]) -> None:
+            t0 = time.perf_counter()
+            call()
+            took.setdefault(name, []).append(time.perf_counter() - t0)
+
+        sampled = engine.sampling_overrides
+        try:
+            for _ in range(2):
+                for within in (False, True):
+                    engine.within_audio = within
+                    timed("asr_sampled", lambda: engine.transcribe(clips, english, blank))
+                    timed(f"align_{'within' if within else 'all'}_classes",
+                          lambda: engine.align(clips, texts, english))
+                engine.sampling_overrides = lambda samples: dict(
+                    max_tokens=max(1, round(samples / SR * TOKENS_PER_SECOND)), ignore_eos=True)
+                timed("asr_greedy", lambda: engine.transcribe(clips, english, blank))
+                engine.sampling_overrides = sampled
+        finally:
+            engine.within_audio = True
+            engine.sampling_overrides = sampled
+        return {f"{k}_s": round(min(v), 3) for k, v in took.items()} | {
+            f"{k}_gpu_s_per_audio_h": round(min(v) / audio_h, 2) for k, v in took.items()}
+
+    def job_batch(conc: int, rounds: int = 1, count: int | None = None) -> dict:
         """The clips as jobs, `conc` at a time; `rounds` > 1 sends them that many times over,
         so that `conc` jobs are in flight throughout (a busy worker) rather than one wave."""
-        batch = [{**job, "id": f"{job['id']}-r{r}"} for r in range(rounds) for job in jobs]
+        batch = [{**job, "id": f"{job['id']}-r{r}"} for r in range(rounds)
+                 for job in jobs[:count]]
         memory.reset()
-        with StackSampler() as where:
+        where = StackSampler() if args.where else contextlib.nullcontext()
+        with Usage(engine, memory) as usage, where:
             wall, took, outs = run_jobs(worker, batch, conc)
         check_outputs(outs, f"jobs-{conc}")
         if not alone:
@@ -543,12 +711,13 @@ def main() -> int:
                 "rest_s_mean": round(float(np.mean([o["timings"]["total"] - sum(
                     o["timings"][k] for k in ("download", "decode", "asr", "align"))
                     for o in outs])), 3),
-                "peak_gib": round(memory.peak, 2),
+                "peak_gib": round(memory.peak, 2), **usage.row,
                 "where": where.top() if args.where else []}
 
     def during() -> dict:
         """A short job sent 1 s after a 1 h job: continuous batching lets it in at once."""
-        with ThreadPoolExecutor(2) as pool:
+        memory.reset()
+        with ThreadPoolExecutor(2) as pool, Usage(engine, memory) as usage:
             t_long = time.perf_counter()
             long_future = pool.submit(worker.handle, {"id": "hour-2", "input": {
                 "audio_url": hour_url, "language": "English"}})
@@ -562,7 +731,7 @@ def main() -> int:
         base = percentile(alone, 0.5) if alone else float("nan")
         return {"short_s": round(short_s, 3), "alone_p50_s": round(base, 3),
                 "vs_alone": round(short_s / base, 2), "long_s": round(long_s, 2),
-                "short_timings": short_out["timings"]}
+                "short_timings": short_out["timings"], **usage.row}
 
     try:
         phase("hour", hour_job)
@@ -570,12 +739,45 @@ def main() -> int:
         if hasattr(engine, "_front"):
             phase("frontend", front_end)
         phase("one-call", one_call)
+        if hasattr(engine, "within_audio"):
+            phase("same-engine", same_engine)
         for conc in [int(c) for c in args.concurrency.split(",")]:
             phase(f"jobs-{conc}", lambda conc=conc: job_batch(conc))
         if args.steady > 1:
             conc = max(int(c) for c in args.concurrency.split(","))
             phase(f"steady-{conc}", lambda: job_batch(conc, args.steady))
         phase("during", during)
+        for spec in args.variant:
+            name, _, pairs = spec.partition(":")
+            overrides = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+            # Also in this environment: the engine processes started next inherit it
+            # (e.g. OMP_NUM_THREADS, which the worker's settings do not hold).
+            saved = {k: os.environ.get(k) for k in overrides}
+            os.environ.update(overrides)
+            engine.close()
+            released = time.perf_counter()
+            while memory.used_gib() > idle_gib + 1.0 and time.perf_counter() - released < 60:
+                time.sleep(0.5)
+            settings = load_settings({**env, **overrides})
+            t0 = time.perf_counter()
+            engine = load_engine(settings)
+            record(f"{name}/startup", {"ready_s": round(time.perf_counter() - t0, 1),
+                                       "settings": overrides,
+                                       "device_gib": round(memory.used_gib(), 2)})
+            engine.sampling_overrides = fixed_output(word_ids)
+            worker = Worker(settings, engine)
+            alone.clear()
+            phase(f"{name}/engines", lambda: engine_calls(engine, "vllm"))
+            phase(f"{name}/one-call", one_call)
+            phase(f"{name}/jobs-1", lambda: job_batch(1, count=16))
+            top = max(int(c) for c in args.concurrency.split(","))
+            phase(f"{name}/jobs-{top}", lambda: job_batch(top))
+            phase(f"{name}/during", during)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         if args.transformers:
             tf_settings = load_settings({**env, "ASR_BACKEND": "transformers",
                                          "MAX_NEW_TOKENS": "900",

@@ -137,7 +137,9 @@ def main() -> None:
     al_hf = AutoProcessor.from_pretrained(aligner_dir, fix_mistral_regex=True)
     word_list, prompt = Qwen3ForceAlignProcessor().encode_timestamp(
         "Hello, world. This is a test of the aligner.", "English")
-    request = process(prompt, 270, params=PoolingParams(task="token_classify"), proc=al_proc,
+    # The worker's own pooling request for a 270 s chunk (only the classes within its audio).
+    engine._config, engine.within_audio = aligner_config, True
+    request = process(prompt, 270, params=engine._pooling(270 * SR), proc=al_proc,
                       tasks=("token_classify",))
     reference = al_hf(text=[prompt], audio=[np.zeros(270 * SR, np.float32)],
                       return_tensors="np", padding=True)["input_ids"][0].tolist()
@@ -148,7 +150,9 @@ def main() -> None:
             al_hf.tokenizer.convert_tokens_to_ids("<|audio_pad|>")),
         "same_ids_as_qwen_asr": request.prompt_token_ids == reference,
         "pooling_task": request.pooling_params.task,
-        "step_tag_id": request.pooling_params.step_tag_id}
+        "step_tag_id": request.pooling_params.step_tag_id,
+        "returned_classes": list(request.pooling_params.returned_token_ids or []),
+        "classes": aligner_config.classes}
     found["frontend"] = front_end(processor, config, params, al_proc, al_config, prompt)
     found["reuse"] = reuse(processor, params, al_proc, aligner_dir)
     Path(out_path).write_text(json.dumps(found, indent=1))

@@ -75,6 +75,10 @@ def test_the_workers_prompts_are_processed_as_qwen_asr_builds_them(real):
     assert prompt["audio_tokens"] == 3510 and prompt["same_ids_as_qwen_asr"]
     assert prompt["pooling_task"] == "token_classify"
     assert prompt["step_tag_id"] == real["aligner"]["timestamp_token_id"]
+    # Only the classes (80 ms bins) within the chunk's 270 s and one past its end come back:
+    # vLLM's STEP pooling keeps those columns of the `<timestamp>` rows, in this order.
+    assert prompt["returned_classes"] == list(range(270 * 1000 // 80 + 2))
+    assert prompt["classes"] == 5000
 
 
 def test_the_front_end_processes_prepare_what_the_engine_would_have_made(real):

@@ -192,6 +192,42 @@ def test_the_aligner_reuses_the_asrs_audio_features(fake_vllm, model_dirs, monke
     assert fake_vllm.ACTIVE == set()
 
 
+def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, model_dirs,
+                                                               monkeypatch):
+    """The aligner's classes are 80 ms times: each request asks vLLM's STEP pooling for those
+    within its chunk's audio and one past the end (a 30 s chunk: 377 of 5000 columns per
+    `<timestamp>` row, not 5000), so a word is never put past the end of the audio it is in,
+    and times within the audio come out as they would from all 5000."""
+    engine = load_engine(_settings(model_dirs))
+    _, aligner = _engines(fake_vllm)
+    chunks = [np.random.default_rng(i).normal(0, 0.1, s * SECOND).astype(np.float32)
+              for i, s in enumerate((20, 31))]
+    texts, english = ["hello there my friend", "one two three four five"], ["English"] * 2
+    engine.transcribe(chunks, english, ["", ""])
+    within = engine.align(chunks, texts, english)
+    asked = [r["params"].kwargs["returned_token_ids"] for r in aligner.requests[-2:]]
+    assert asked == [list(range(252)), list(range(389))]  # 20 s / 80 ms + 2; 31 s
+    engine.within_audio = False  # all 5000 classes, as qwen-asr's transformers aligner reads them
+    engine.transcribe(chunks, english, ["", ""])
+    assert engine.align(chunks, texts, english) == within
+    assert "returned_token_ids" not in aligner.requests[-1]["params"].kwargs
+
+    # The model's likeliest time for the last timestamp lies past the end of the 20 s chunk:
+    # the likeliest time within the audio is taken instead.
+    real_rows = aligner._rows
+
+    def late(ids, samples):
+        rows = real_rows(ids, samples)
+        rows[-1, 4000] = 0.95  # 320 s
+        return rows
+
+    monkeypatch.setattr(aligner, "_rows", late)
+    engine.within_audio = True
+    engine.transcribe(chunks[:1], english[:1], [""])
+    (words,) = engine.align(chunks[:1], texts[:1], english[:1])
+    assert words == within[0] and max(w.end for w in words) <= 20.0
+
+
 @pytest.mark.parametrize("language,suffix", [(None, "assistant\n"),
                                              ("French", "language French<asr_text>")])
 def test_detected_and_forced_language_prompts(fake_vllm, model_dirs, language, suffix):

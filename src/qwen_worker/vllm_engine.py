@@ -113,6 +113,7 @@ class AlignerConfig:
         config = json.loads((Path(model_dir) / "config.json").read_text())
         self.timestamp_token_id = int(config["timestamp_token_id"])
         self.segment_ms = float(config["timestamp_segment_time"])
+        self.classes = int((config.get("thinker_config") or {}).get("classify_num", 5000))
         declared = {str(x).lower() for x in config.get("support_languages") or ()}
         # An aligner that declares none gets the known 11 (as qwen-asr's own wrapper does).
         self.languages = (frozenset(n for n in ALIGNER_LANGUAGES if n.lower() in declared)
@@ -218,6 +219,7 @@ class VllmEngine:
         # holds the lock (inside `_remember` or `_recall`).
         self._features_lock = threading.RLock()
         self.reuses_features = False  # set by `warm_up` once the check below has passed
+        self.within_audio = True  # the aligner's classes asked for: see `_pooling`
         self._ids = itertools.count()
         self._fatal: BaseException | None = None
         self.asr_model = asr_model
@@ -268,8 +270,9 @@ class VllmEngine:
                                  [chunks[todo[n]] for n in unknown], rank)
             for n, prepared in zip(unknown, made):
                 inputs[n] = prepared
-        rows = self._run(lambda: _all([self._encode(rid, inp, rank)
-                                       for rid, inp in zip(ids, inputs)]))
+        params = [self._pooling(chunks[i].shape[0]) for i in todo]
+        rows = self._run(lambda: _all([self._encode(rid, inp, rank, p)
+                                       for rid, inp, p in zip(ids, inputs, params)]))
         out: list[list[AlignedToken]] = [[] for _ in chunks]
         for i, pooled in zip(todo, rows):
             out[i] = self._timestamps(encoded[i][0], pooled)
@@ -405,11 +408,24 @@ class VllmEngine:
             raise EngineError("the ASR engine ended a request without its output")
         return final
 
-    async def _encode(self, request_id: str, prompt: dict[str, Any], rank: int) -> Any:
+    def _pooling(self, samples: int) -> Any:
+        """The aligner's classes are times (class x segment_ms); only those within the chunk's
+        audio, plus one past its end, are asked for: a 30 s chunk's rows come back with 377
+        of the 5000 classes, not 5000 (~4 MB of float32 per 100 words otherwise)."""
+        from vllm import PoolingParams
+
+        if not self.within_audio:
+            return PoolingParams(task="token_classify")
+        n = min(self._config.classes,
+                int(samples * 1000 / SAMPLE_RATE / self._config.segment_ms) + 2)
+        return PoolingParams(task="token_classify", returned_token_ids=list(range(n)))
+
+    async def _encode(self, request_id: str, prompt: dict[str, Any], rank: int,
+                      params: Any = None) -> Any:
         from vllm import PoolingParams
 
         final = None
-        params = PoolingParams(task="token_classify")
+        params = params if params is not None else PoolingParams(task="token_classify")
         async for output in self._aligner.encode(prompt, params, request_id, priority=rank):
             final = output
         if final is None or not final.finished:

@@ -168,8 +168,12 @@ class AsyncLLM:
             if request_id in self._abort:
                 return
             done = True
+            rows = self._rows(ids, samples)
+            columns = pooling_params.kwargs.get("returned_token_ids")
+            if columns:  # STEP pooling keeps these classes (columns), in this order
+                rows = rows[:, list(columns)]
             yield PoolingRequestOutput(request_id=request_id,
-                                       outputs=PoolingOutput(self._rows(ids, samples)),
+                                       outputs=PoolingOutput(rows),
                                        prompt_token_ids=ids, num_cached_tokens=0, finished=True)
         finally:
             self._release(request_id, aborted=not done)
