@@ -17,9 +17,19 @@ Phases (each row of the printed table; `--json` keeps them all):
               vLLM against the transformers backend (`--transformers`) in the same run
   agreement   same weights, same inputs: aligner probabilities (cosine, max |diff| against
               softmax of the transformers logits) and the ASR's first-token log-probabilities
+  frontend    vLLM's input processing alone (the front-end processes): the clips, the chunks
+  one-call    the 64 clips as one transcribe and one align call (our engine class, no jobs)
+  same-engine A/B on one engine: the aligner's classes within the audio or all 5000; the ASR
+              greedy (as the worker decodes) or with the benchmark's fixed-length sampling
   jobs-N      64 jobs of 30 s (audio_base64) through Worker.handle at concurrency N: GPU
               seconds per audio hour, p50/p95 of a job against alone, peak device memory
+  steady-N    the 64 clips sent `--steady` times over with N jobs in flight throughout
   during      a 30 s job sent 1 s after a 1 h job: its latency against alone
+
+Every phase row also says where its time went (`Usage`: CPU by process and thread, the engine
+cores' loop share, the GPU's busy share). `--variant` restarts the engines with other settings
+and runs the engine and job phases again in the same run; `--profile DIR` records the engine
+cores with py-spy during the one-call and top-concurrency job phases.
 
     python bench/gpu.py --size 0.6b --transformers --json $OUT/gpu-0.6b.json   # GPU machine
     .venv/bin/python bench/gpu.py --smoke          # CPU: the stand-in vllm, tiny dims, few jobs
@@ -33,6 +43,8 @@ import contextlib
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -253,6 +265,49 @@ def _threads_cpu() -> dict[str, float]:
     return out
 
 
+def engine_processes(engine: Any) -> dict[str, list[int]]:
+    """The engine-core processes of a VllmEngine: {"core_asr": [pid], "core_aligner": [pid]}."""
+    groups: dict[str, list[int]] = {}
+    for name in ("asr", "aligner"):
+        try:
+            core = getattr(engine, f"_{name}").engine_core
+            groups[f"core_{name}"] = [p.pid for p in core.resources.engine_manager.processes]
+        except AttributeError:  # the stand-in, or another vLLM layout
+            pass
+    return groups
+
+
+class CoreProfile:
+    """py-spy (if on PATH) recording each engine core's threads during a phase, as raw stacks
+    (`NAME-core_asr.txt`, ...) in `out`: what the engine loops do between GPU steps."""
+
+    def __init__(self, engine: Any, out: Path | None, name: str):
+        self._targets = ([] if out is None or shutil.which("py-spy") is None else
+                         [(out / f"{name}-{group}.txt", pid)
+                          for group, pids in engine_processes(engine).items() for pid in pids])
+        self._running: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "CoreProfile":
+        for path, pid in self._targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._running.append(subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+                 "--threads", "--nonblocking", "--output", str(path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        if self._running:
+            time.sleep(1.0)  # attached before the phase starts
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for proc in self._running:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+        for proc in self._running:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 class Usage:
     """Where a phase's time went: CPU seconds of this process (by thread kind; threads that
     ended within the phase, the job threads, as "ended"), of each engine core (and its busiest
@@ -268,13 +323,7 @@ class Usage:
             import psutil
         except ImportError:  # vLLM needs it; a machine without it measures this process only
             return {}
-        groups: dict[str, list[int]] = {}
-        for name in ("asr", "aligner"):
-            try:
-                core = getattr(self._engine, f"_{name}").engine_core
-                groups[f"core_{name}"] = [p.pid for p in core.resources.engine_manager.processes]
-            except AttributeError:  # the stand-in, or another vLLM layout
-                pass
+        groups = engine_processes(self._engine)
         front = getattr(getattr(self._engine, "_front", None), "_pool", None)
         if front is not None:
             groups["frontend"] = list(getattr(front, "_processes", {}) or {})
@@ -511,6 +560,9 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                     help="then restart the engines with these settings (the worker's env keys) "
                          "and run the engine and job phases again: against the same baseline")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="record the engine cores with py-spy (on PATH) during the one-call and "
+                         "the top-concurrency job phases, raw stacks into DIR")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--where", action="store_true", help="sample the threads' stacks in job phases")
     ap.add_argument("--smoke", action="store_true", help="CPU: stand-in vllm, tiny dims")
@@ -640,11 +692,12 @@ def main() -> int:
     def one_call() -> dict:
         """The clips as one transcribe and one align call: our engine class without jobs."""
         texts = [random_words(100, i) for i in range(len(clips))]
-        with Usage(engine, memory) as asr_usage:
+        with CoreProfile(engine, args.profile, "one-call-asr"), Usage(engine, memory) as asr_usage:
             t0 = time.perf_counter()
             engine.transcribe(clips, ["English"] * len(clips), [""] * len(clips))
             asr_s = time.perf_counter() - t0
-        with Usage(engine, memory) as align_usage:
+        with CoreProfile(engine, args.profile, "one-call-align"), \
+                Usage(engine, memory) as align_usage:
             t0 = time.perf_counter()
             engine.align(clips, texts, ["English"] * len(clips))
             align_s = time.perf_counter() - t0
@@ -693,7 +746,10 @@ def main() -> int:
                  for job in jobs[:count]]
         memory.reset()
         where = StackSampler() if args.where else contextlib.nullcontext()
-        with Usage(engine, memory) as usage, where:
+        top = max(int(c) for c in args.concurrency.split(","))
+        profile = (CoreProfile(engine, args.profile, f"jobs-{conc}") if conc == top and rounds == 1
+                   else contextlib.nullcontext())
+        with profile, Usage(engine, memory) as usage, where:
             wall, took, outs = run_jobs(worker, batch, conc)
         check_outputs(outs, f"jobs-{conc}")
         if not alone:
