@@ -136,6 +136,29 @@ def test_worker_reports_a_killed_decoder_and_serves_the_next_job(worker, tmp_pat
     assert "error" not in ok and ok["duration"] == pytest.approx(33.0, abs=0.05)
 
 
+def test_an_ffmpeg_that_crashes_on_a_file_is_unreadable_not_interrupted(
+        worker, tmp_path, dying_ffmpeg):
+    """A decoder killed from outside is worth a retry (DECODE_INTERRUPTED); one that crashes
+    by itself on the file (SIGSEGV: imageio-ffmpeg's static 7.0.2 does so on some MPEG-TS
+    files) would crash again: AUDIO_UNREADABLE, saying so, whether it crashes reading the
+    headers or part-way through the audio. The worker serves the next job."""
+    path = media.make_audio(tmp_path / "a.wav", 33.0, rate=16000)
+    dying_ffmpeg(mode="segv-probe")
+    with pytest.raises(d.DecoderCrashed, match=r"crashed \(SIGSEGV\) reading the file's headers"):
+        d.probe(path)
+    out = worker.handle(_job(path))
+    assert out["error_code"] == "AUDIO_UNREADABLE", out
+    assert "ffmpeg crashed (SIGSEGV)" in out["error"]
+    dying_ffmpeg(mode="segv", after=1 << 20)
+    with pytest.raises(d.DecoderCrashed, match=r"crashed \(SIGSEGV\) decoding"):
+        d.decode(path, max_seconds=600, workers=1)
+    assert worker.handle(_job(path))["error_code"] == "AUDIO_UNREADABLE"
+    dying_ffmpeg(mode="sigkill", after=1 << 30)  # the whole output passes: the real result
+    ok = worker.handle(_job(path))
+    assert "error" not in ok and ok["duration"] == pytest.approx(33.0, abs=0.05)
+    assert list(Path(worker.settings.work_dir).iterdir()) == []
+
+
 def test_worker_reports_a_truncated_file(worker, tmp_path):
     out = worker.handle(_job(_truncated_flac(tmp_path, 40.0, 0.5)))
     assert out["error_code"] == "AUDIO_TRUNCATED" and "cut short" in out["error"]

@@ -12,6 +12,7 @@ import dataclasses
 import mmap
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,9 @@ SHORTFALL_SECONDS = 2.0
 SHORTFALL_FRACTION = 0.005
 # ffmpeg's exit status after it caught SIGTERM/SIGINT and stopped early.
 _FFMPEG_SIGNALLED = 255
+# Signals of a process failing by itself, as against being stopped (SIGKILL, SIGTERM).
+_CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                            signal.SIGABRT})
 
 
 class DecodeError(Exception):
@@ -64,6 +68,11 @@ class TruncatedAudio(DecodeError):
 
 class DecoderKilled(DecodeError):
     """ffmpeg was killed from outside (a signal, the OOM killer) before it finished."""
+
+
+class DecoderCrashed(UnreadableAudio):
+    """ffmpeg itself crashed on the data (SIGSEGV and the like): this build cannot read it,
+    and a retry on the same build would crash again."""
 
 
 class FormatRefused(DecodeError):
@@ -232,6 +241,7 @@ def probe(path: Path, timeout_s: float = 60.0) -> AudioInfo:
             proc.communicate()
             raise UnreadableAudio("reading the file's headers timed out") from None
     LIFETIME.raise_if_stopping()
+    _raise_if_died(proc.returncode, "reading the file's headers")
     text = stderr.decode("utf-8", "replace")
     raise_if_refused(text)
     if _INPUT_RE.search(text) is None:  # not recognised: a playlist this ffmpeg does not know?
@@ -334,14 +344,22 @@ def _read_into(proc: subprocess.Popen, buf: np.ndarray, start: int, limit: int |
     if timed_out.is_set():
         raise UnreadableAudio(f"decoding took longer than {timeout_s:.0f} s")
     LIFETIME.raise_if_stopping()
-    if proc.returncode < 0 or proc.returncode == _FFMPEG_SIGNALLED:
-        # Whatever it wrote is only the start of the audio: never pass that off as the file.
-        raise DecoderKilled(f"the decoder was stopped from outside (exit status {proc.returncode})")
+    # Whatever it wrote is only the start of the audio: never pass that off as the file.
+    _raise_if_died(proc.returncode, "decoding")
     if proc.returncode != 0:
         stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
         raise_if_refused(stderr)
         raise UnreadableAudio(_first_line(stderr) or "ffmpeg could not decode the audio")
     return buf, pos // BYTES_PER_SAMPLE - start
+
+
+def _raise_if_died(returncode: int, doing: str) -> None:
+    """A crash of ffmpeg on the data (DecoderCrashed) or a stop from outside (DecoderKilled)."""
+    if returncode < 0 and -returncode in _CRASH_SIGNALS:
+        raise DecoderCrashed(f"ffmpeg crashed ({signal.Signals(-returncode).name}) {doing}: "
+                             "this ffmpeg build cannot read the file")
+    if returncode < 0 or returncode == _FFMPEG_SIGNALLED:
+        raise DecoderKilled(f"the decoder was stopped from outside (exit status {returncode})")
 
 
 class _TooManySamples(Exception):

@@ -37,8 +37,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
                                "MAX_BASE64_BYTES.",
     ErrorCode.AUDIO_TOO_LONG: "The audio is longer than MAX_AUDIO_SECONDS.",
     ErrorCode.AUDIO_UNREADABLE: "The data is not audio ffmpeg can decode (HTML, JSON, random bytes, "
-                                "an image), has no audio stream, holds no samples, or ffmpeg exits "
-                                "with an error part-way.",
+                                "an image), has no audio stream, holds no samples, ffmpeg exits "
+                                "with an error part-way, or ffmpeg crashes on it.",
     ErrorCode.AUDIO_FORMAT_REFUSED: "The file is a playlist, manifest or other reference to "
                                     "further files or streams (HLS/M3U, DASH, ffconcat, SDP, "
                                     "image sequence); refused before anything it names is opened.",

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .decode import (AudioTooLong, DecodeError, DecoderKilled, EmptyAudio, FormatRefused,
-                     NoAudioStream, TruncatedAudio, probe)
+from .decode import (AudioTooLong, DecodeError, DecoderCrashed, DecoderKilled, EmptyAudio,
+                     FormatRefused, NoAudioStream, TruncatedAudio, probe)
 from .download import INPUT_NAME, DownloadPolicy, decode_base64, fetch_url
 from .engine import DiarizationError, Engine, EngineError, is_fatal_gpu_error
 from .errors import ErrorCode, WorkerError, in_cause_chain
@@ -204,7 +204,7 @@ class Worker:
         except FormatRefused as exc:  # a playlist or manifest: nothing it names was opened
             log.warning("refused a %s file", exc.demuxer)
             raise WorkerError(ErrorCode.AUDIO_FORMAT_REFUSED, str(exc)) from None
-        except (NoAudioStream, EmptyAudio) as exc:
+        except (NoAudioStream, EmptyAudio, DecoderCrashed) as exc:
             raise WorkerError(ErrorCode.AUDIO_UNREADABLE, str(exc)) from None
         except TruncatedAudio as exc:
             raise WorkerError(ErrorCode.AUDIO_TRUNCATED, str(exc)) from None
