@@ -417,7 +417,7 @@ class StackSampler:
             for ident, frame in sys._current_frames().items():
                 if ident == me:
                     continue
-                kind = names.get(ident, "?").split("_")[0].rstrip("-0123456789")
+                kind = _thread_kind(names.get(ident, "?"))
                 while frame is not None and not any(
                         k in frame.f_code.co_filename for k in ("qwen_worker", "/vllm/")):
                     frame = frame.f_back
@@ -508,14 +508,15 @@ def agreement(vllm_engine: Any, tf_engine: Any, chunk: np.ndarray) -> dict:
     """Same weights and inputs on both backends: aligner probabilities and ASR first-token
     log-probabilities (argmax alone means little: random weights collapse it)."""
     import torch
-    from vllm import SamplingParams
+    from vllm import PoolingParams, SamplingParams
 
     from qwen_worker.prompts import asr_prompt
 
     words, prompt = vllm_engine._aligner_text.encode_timestamp(random_words(60, 7), "English")
     mm = {"audio": chunk}
     pooled = vllm_engine._run(lambda: vllm_engine._encode(
-        "probe-align", {"prompt": prompt, "multi_modal_data": mm}, 0))
+        "probe-align", {"prompt": prompt, "multi_modal_data": mm}, 0,
+        PoolingParams(task="token_classify")))  # all classes, as the transformers side
     v_rows = pooled.outputs.data.float().cpu()
     aligner = tf_engine._model.forced_aligner
     inputs = aligner.processor(text=[prompt], audio=[chunk], return_tensors="pt", padding=True)
@@ -585,6 +586,8 @@ def main() -> int:
     from qwen_worker.worker import Worker
 
     results: dict[str, Any] = {"size": args.size}
+    levels = [int(c) for c in args.concurrency.split(",")]  # job concurrencies
+    top = max(levels)
     memory = DeviceMemory()
     base = args.dirs / args.size
     ensure_dirs(base, "tiny" if args.smoke else args.size, "cpu" if args.smoke else "cuda")
@@ -746,7 +749,6 @@ def main() -> int:
                  for job in jobs[:count]]
         memory.reset()
         where = StackSampler() if args.where else contextlib.nullcontext()
-        top = max(int(c) for c in args.concurrency.split(","))
         profile = (CoreProfile(engine, args.profile, f"jobs-{conc}") if conc == top and rounds == 1
                    else contextlib.nullcontext())
         with profile, Usage(engine, memory) as usage, where:
@@ -797,11 +799,10 @@ def main() -> int:
         phase("one-call", one_call)
         if hasattr(engine, "within_audio"):
             phase("same-engine", same_engine)
-        for conc in [int(c) for c in args.concurrency.split(",")]:
+        for conc in levels:
             phase(f"jobs-{conc}", lambda conc=conc: job_batch(conc))
         if args.steady > 1:
-            conc = max(int(c) for c in args.concurrency.split(","))
-            phase(f"steady-{conc}", lambda: job_batch(conc, args.steady))
+            phase(f"steady-{top}", lambda: job_batch(top, args.steady))
         phase("during", during)
         for spec in args.variant:
             name, _, pairs = spec.partition(":")
@@ -826,7 +827,6 @@ def main() -> int:
             phase(f"{name}/engines", lambda: engine_calls(engine, "vllm"))
             phase(f"{name}/one-call", one_call)
             phase(f"{name}/jobs-1", lambda: job_batch(1, count=16))
-            top = max(int(c) for c in args.concurrency.split(","))
             phase(f"{name}/jobs-{top}", lambda: job_batch(top))
             phase(f"{name}/during", during)
             for key, value in saved.items():

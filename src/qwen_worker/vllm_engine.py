@@ -219,7 +219,7 @@ class VllmEngine:
         # holds the lock (inside `_remember` or `_recall`).
         self._features_lock = threading.RLock()
         self.reuses_features = False  # set by `warm_up` once the check below has passed
-        self.within_audio = True  # the aligner's classes asked for: see `_pooling`
+        self.within_audio = True  # see `_pooling` (benchmarks turn it off for an A/B)
         self._ids = itertools.count()
         self._fatal: BaseException | None = None
         self.asr_model = asr_model
@@ -421,11 +421,8 @@ class VllmEngine:
         return PoolingParams(task="token_classify", returned_token_ids=list(range(n)))
 
     async def _encode(self, request_id: str, prompt: dict[str, Any], rank: int,
-                      params: Any = None) -> Any:
-        from vllm import PoolingParams
-
+                      params: Any) -> Any:
         final = None
-        params = params if params is not None else PoolingParams(task="token_classify")
         async for output in self._aligner.encode(prompt, params, request_id, priority=rank):
             final = output
         if final is None or not final.finished:
