@@ -24,12 +24,14 @@ Phases (each row of the printed table; `--json` keeps them all):
   jobs-N      64 jobs of 30 s (audio_base64) through Worker.handle at concurrency N: GPU
               seconds per audio hour, p50/p95 of a job against alone, peak device memory
   steady-N    the 64 clips sent `--steady` times over with N jobs in flight throughout
-  during      a 30 s job sent 1 s after a 1 h job: its latency against alone
+  during      30 s jobs sent while a 1 h job runs (`--during-at`: 1 s after its start by
+              default): their latency against alone
 
 Every phase row also says where its time went (`Usage`: CPU by process and thread, the engine
 cores' loop share, the GPU's busy share). `--variant` restarts the engines with other settings
 and runs the engine and job phases again in the same run; `--profile DIR` records the engine
-cores with py-spy during the one-call and top-concurrency job phases.
+cores and this process with py-spy during the one-call and top-concurrency job phases;
+`--phases` picks phases (a short device run: `--phases one-call,jobs,during --alone 16`).
 
     python bench/gpu.py --size 0.6b --transformers --json $OUT/gpu-0.6b.json   # GPU machine
     .venv/bin/python bench/gpu.py --smoke          # CPU: the stand-in vllm, tiny dims, few jobs
@@ -107,6 +109,9 @@ WORDS = ("the of and to in is that it was for on are as with his they at be this
          "today others however sure means knew try told young miles sun ways thing whole hear "
          "example heard several change answer room sea against top turned learn point city play "
          "toward five using himself usually").split()
+
+
+PHASES = ("hour", "engines", "frontend", "one-call", "same-engine", "jobs", "steady", "during")
 
 
 def log(msg: str) -> None:
@@ -278,13 +283,15 @@ def engine_processes(engine: Any) -> dict[str, list[int]]:
 
 
 class CoreProfile:
-    """py-spy (if on PATH) recording each engine core's threads during a phase, as raw stacks
-    (`NAME-core_asr.txt`, ...) in `out`: what the engine loops do between GPU steps."""
+    """py-spy (if on PATH) recording each engine core's threads and this process's during a
+    phase, as raw stacks (`NAME-core_asr.txt`, `NAME-main.txt`, ...) in `out`: what the engine
+    loops do between GPU steps, and what the worker's own threads do meanwhile."""
 
     def __init__(self, engine: Any, out: Path | None, name: str):
+        groups = {**engine_processes(engine), "main": [os.getpid()]}
         self._targets = ([] if out is None or shutil.which("py-spy") is None else
                          [(out / f"{name}-{group}.txt", pid)
-                          for group, pids in engine_processes(engine).items() for pid in pids])
+                          for group, pids in groups.items() for pid in pids])
         self._running: list[subprocess.Popen] = []
 
     def __enter__(self) -> "CoreProfile":
@@ -482,20 +489,38 @@ def fixed_output(word_ids: list[int]) -> Callable[[int], dict[str, Any]]:
 
 
 def run_jobs(worker: Any, jobs: list[dict], concurrency: int) -> tuple[float, list[float], list]:
-    """Jobs through Worker.handle from `concurrency` threads; (wall s, job seconds, outputs)."""
+    """Jobs through Worker.handle from `concurrency` threads; (wall s, job seconds, outputs).
+    Each output gets "started": its job's start, in seconds after the first job's."""
     took: list[float] = []
     outputs: list[Any] = []
+    t0 = time.perf_counter()
 
     def one(job: dict) -> None:
         t = time.perf_counter()
         out = worker.handle(job)
         took.append(time.perf_counter() - t)
-        outputs.append(out)
+        outputs.append({**out, "started": t - t0})
 
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, jobs))
     return time.perf_counter() - t0, took, outputs
+
+
+STAGES = ("download", "decode", "asr", "align")
+
+
+def timeline(outputs: list[dict]) -> dict[str, list[float]]:
+    """When the jobs' stages ended, in seconds after the first job started: [first, median,
+    last] each. Shows how the jobs' requests reach the engines: together or strung out."""
+    ends: dict[str, list[float]] = {}
+    for out in outputs:
+        t = out["started"]
+        for stage in STAGES:
+            t += out["timings"][stage]
+            ends.setdefault(stage, []).append(t)
+        ends.setdefault("job", []).append(out["started"] + out["timings"]["total"])
+    return {f"{k}_end_s": [round(min(v), 3), round(percentile(v, 0.5), 3), round(max(v), 3)]
+            for k, v in ends.items()}
 
 
 def check_outputs(outputs: list[dict], phase: str) -> None:
@@ -559,11 +584,17 @@ def main() -> int:
                     help="then the jobs this many times over at the highest concurrency")
     ap.add_argument("--hour", type=float, default=3600.0, help="seconds of the long file")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                    help="then restart the engines with these settings (the worker's env keys) "
-                         "and run the engine and job phases again: against the same baseline")
+                    help="then restart the engines with these settings (the worker's env keys; "
+                         "memory shares of a 24 GB card) and run the engine and job phases "
+                         "again: against the same baseline")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="record the engine cores with py-spy (on PATH) during the one-call and "
                          "the top-concurrency job phases, raw stacks into DIR")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help=f"which of {','.join(PHASES)} to run (jobs-1 gives `alone`)")
+    ap.add_argument("--alone", type=int, help="jobs at concurrency 1 (default: all --jobs)")
+    ap.add_argument("--during-at", default="1",
+                    help="seconds after the hour's start to send each short job (e.g. 1,4,7)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--where", action="store_true", help="sample the threads' stacks in job phases")
     ap.add_argument("--smoke", action="store_true", help="CPU: stand-in vllm, tiny dims")
@@ -588,6 +619,10 @@ def main() -> int:
     results: dict[str, Any] = {"size": args.size}
     levels = [int(c) for c in args.concurrency.split(",")]  # job concurrencies
     top = max(levels)
+    chosen = set(args.phases.split(","))
+    if chosen - set(PHASES):
+        ap.error(f"unknown phases: {sorted(chosen - set(PHASES))}")
+    during_at = [float(x) for x in args.during_at.split(",")]
     memory = DeviceMemory()
     base = args.dirs / args.size
     ensure_dirs(base, "tiny" if args.smoke else args.size, "cpu" if args.smoke else "cuda")
@@ -769,48 +804,71 @@ def main() -> int:
                 "rest_s_mean": round(float(np.mean([o["timings"]["total"] - sum(
                     o["timings"][k] for k in ("download", "decode", "asr", "align"))
                     for o in outs])), 3),
+                "timeline": timeline(outs) if conc > 1 else {},
                 "peak_gib": round(memory.peak, 2), **usage.row,
                 "where": where.top() if args.where else []}
 
     def during() -> dict:
-        """A short job sent 1 s after a 1 h job: continuous batching lets it in at once."""
+        """Short jobs sent while a 1 h job runs, one after another, each at its offset
+        (`--during-at`) after the hour started or as soon as the one before ended: where a
+        short job lands in the hour (its prefill, its decoding, its alignment) matters."""
         memory.reset()
+        shorts: list[tuple[float, float, dict]] = []
         with ThreadPoolExecutor(2) as pool, Usage(engine, memory) as usage:
             t_long = time.perf_counter()
             long_future = pool.submit(worker.handle, {"id": "hour-2", "input": {
                 "audio_url": hour_url, "language": "English"}})
-            time.sleep(1.0)
-            t_short = time.perf_counter()
-            short_out = pool.submit(worker.handle, jobs[0]).result()
-            short_s = time.perf_counter() - t_short
+            for n, offset in enumerate(during_at):
+                time.sleep(max(0.0, t_long + offset - time.perf_counter()))
+                sent = time.perf_counter() - t_long
+                if long_future.done():
+                    break  # the hour ended: the rest would run alone
+                out = pool.submit(worker.handle, {**jobs[n], "id": f"short-{n}"}).result()
+                shorts.append((sent, time.perf_counter() - t_long - sent, out))
             long_out = long_future.result()
             long_s = time.perf_counter() - t_long
-        check_outputs([short_out, long_out], "during")
+        check_outputs([long_out] + [out for _, _, out in shorts], "during")
+        if not shorts:
+            raise RuntimeError("the hour ended before the first short job was due")
         base = percentile(alone, 0.5) if alone else float("nan")
-        return {"short_s": round(short_s, 3), "alone_p50_s": round(base, 3),
-                "vs_alone": round(short_s / base, 2), "long_s": round(long_s, 2),
-                "short_timings": short_out["timings"], **usage.row}
+        took = [s for _, s, _ in shorts]
+        return {"short_s": round(percentile(took, 0.5), 3), "alone_p50_s": round(base, 3),
+                "vs_alone": round(percentile(took, 0.5) / base, 2),
+                "each": [{"sent_s": round(sent, 2), "took_s": round(s, 3),
+                          "vs_alone": round(s / base, 2),
+                          **{k: round(out["timings"][k], 3) for k in ("decode", "asr", "align")}}
+                         for sent, s, out in shorts],
+                "long_s": round(long_s, 2), **usage.row}
+
+    def phase_if(name: str, run: Callable[[], dict], key: str | None = None) -> None:
+        if (key or name) in chosen:
+            phase(name, run)
 
     try:
-        phase("hour", hour_job)
-        phase("engines", lambda: engine_calls(engine, "vllm"))
+        phase_if("hour", hour_job)
+        phase_if("engines", lambda: engine_calls(engine, "vllm"))
         if hasattr(engine, "_front"):
-            phase("frontend", front_end)
-        phase("one-call", one_call)
+            phase_if("frontend", front_end)
+        phase_if("one-call", one_call)
         if hasattr(engine, "within_audio"):
-            phase("same-engine", same_engine)
+            phase_if("same-engine", same_engine)
         for conc in levels:
-            phase(f"jobs-{conc}", lambda conc=conc: job_batch(conc))
+            phase_if(f"jobs-{conc}", lambda conc=conc: job_batch(
+                conc, count=args.alone if conc == 1 else None), key="jobs")
         if args.steady > 1:
-            phase(f"steady-{top}", lambda: job_batch(top, args.steady))
-        phase("during", during)
+            phase_if(f"steady-{top}", lambda: job_batch(top, args.steady), key="steady")
+        phase_if("during", during)
         for spec in args.variant:
             name, _, pairs = spec.partition(":")
             overrides = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+            for key in overrides:  # given as shares of a 24 GB card, as the defaults are
+                if key.endswith("GPU_MEMORY_UTILIZATION"):
+                    overrides[key] = f"{float(overrides[key]) * CARD_GIB / memory.total_gib:.4f}"
             # Also in this environment: the engine processes started next inherit it
             # (e.g. OMP_NUM_THREADS, which the worker's settings do not hold).
             saved = {k: os.environ.get(k) for k in overrides}
             os.environ.update(overrides)
+            args.profile = args.profile / name if args.profile else None
             engine.close()
             released = time.perf_counter()
             while memory.used_gib() > idle_gib + 1.0 and time.perf_counter() - released < 60:
@@ -824,11 +882,14 @@ def main() -> int:
             engine.sampling_overrides = fixed_output(word_ids)
             worker = Worker(settings, engine)
             alone.clear()
-            phase(f"{name}/engines", lambda: engine_calls(engine, "vllm"))
-            phase(f"{name}/one-call", one_call)
-            phase(f"{name}/jobs-1", lambda: job_batch(1, count=16))
-            phase(f"{name}/jobs-{top}", lambda: job_batch(top))
-            phase(f"{name}/during", during)
+            phase_if(f"{name}/engines", lambda: engine_calls(engine, "vllm"), key="engines")
+            phase_if(f"{name}/one-call", one_call, key="one-call")
+            phase_if(f"{name}/jobs-1", lambda: job_batch(1, count=args.alone or 16), key="jobs")
+            phase_if(f"{name}/jobs-{top}", lambda: job_batch(top), key="jobs")
+            if args.steady > 1:
+                phase_if(f"{name}/steady-{top}", lambda: job_batch(top, args.steady),
+                         key="steady")
+            phase_if(f"{name}/during", during, key="during")
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

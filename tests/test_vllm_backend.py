@@ -279,12 +279,22 @@ def test_a_second_audio_and_short_audio_are_refused_as_vllm_refuses(fake_vllm, m
 
 
 def test_settings_that_cannot_hold_a_chunk_are_refused_at_start_up(fake_vllm, model_dirs):
+    from qwen_worker.vllm_engine import aligner_engine_args
+
     with pytest.raises(ConfigError, match=r"VLLM_MAX_NUM_BATCHED_TOKENS=3899 is too small.*3900"):
         _settings(model_dirs, VLLM_MAX_NUM_BATCHED_TOKENS="3899")
     # 300 s of audio (3900) + template (64) + 3 x MAX_NEW_TOKENS (256) = 4732
     with pytest.raises(ConfigError, match="VLLM_ALIGNER_MAX_MODEL_LEN=4731 is too small.* 4732"):
         _settings(model_dirs, VLLM_ALIGNER_MAX_MODEL_LEN="4731")
     _settings(model_dirs, VLLM_ALIGNER_MAX_MODEL_LEN="4732")
+    # The aligner reads each prompt in one step: its step budget holds the longest prompt.
+    with pytest.raises(ConfigError, match="VLLM_ALIGNER_MAX_NUM_BATCHED_TOKENS=12287 is below "
+                                          "VLLM_ALIGNER_MAX_MODEL_LEN=12288"):
+        _settings(model_dirs, VLLM_ALIGNER_MAX_NUM_BATCHED_TOKENS="12287")
+    roomy = _settings(model_dirs, VLLM_ALIGNER_MAX_NUM_BATCHED_TOKENS="20480")
+    assert aligner_engine_args(roomy, "aligner", 1)["max_num_batched_tokens"] == 20480
+    assert aligner_engine_args(_settings(model_dirs), "aligner", 1)["max_num_batched_tokens"] \
+        == 12288  # by default, the longest prompt
     with pytest.raises(ConfigError, match="together may take at most 0.95"):
         _settings(model_dirs, VLLM_GPU_MEMORY_UTILIZATION="0.7",
                   VLLM_ALIGNER_GPU_MEMORY_UTILIZATION="0.3")

@@ -65,6 +65,7 @@ class Settings:
     vllm_aligner_gpu_memory_utilization: float
     vllm_aligner_max_model_len: int
     vllm_aligner_max_num_seqs: int
+    vllm_aligner_max_num_batched_tokens: int
     vllm_aligner_enforce_eager: bool
     vllm_frontend_processes: int
     max_download_bytes: int
@@ -247,6 +248,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "bfloat16" if device == "cuda" or backend == "vllm" else "float32")
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"ASR_DTYPE must be bfloat16, float16 or float32, got {dtype!r}")
+    aligner_len = _int(env, "VLLM_ALIGNER_MAX_MODEL_LEN", 12288, 1024, 65536)
     settings = Settings(
         backend=backend,
         asr_model=_model(env, "ASR_MODEL", BAKED_ASR_DIR, HUB_ASR_ID),
@@ -277,8 +279,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vllm_aligner_gpu_memory_utilization=_float(env, "VLLM_ALIGNER_GPU_MEMORY_UTILIZATION",
                                                    0.30, 0.02, 0.95),
         # 300 s of audio and the words of up to MAX_NEW_TOKENS tokens (2048: 10,052 tokens).
-        vllm_aligner_max_model_len=_int(env, "VLLM_ALIGNER_MAX_MODEL_LEN", 12288, 1024, 65536),
+        vllm_aligner_max_model_len=aligner_len,
         vllm_aligner_max_num_seqs=_int(env, "VLLM_ALIGNER_MAX_NUM_SEQS", 16, 1, 1024),
+        # Tokens per aligner step; each prompt must fit whole (its rows come from one pass).
+        vllm_aligner_max_num_batched_tokens=_int(env, "VLLM_ALIGNER_MAX_NUM_BATCHED_TOKENS",
+                                                 aligner_len, 1024, 1 << 20),
         vllm_aligner_enforce_eager=_bool(env, "VLLM_ALIGNER_ENFORCE_EAGER", False),
         # vLLM's input processing (audio features, tokens) in processes of its own: in this
         # process it shared one event loop and the GIL with every job (frontend.py).
@@ -355,6 +360,11 @@ def _check_token_budget(settings: Settings) -> None:
             f"VLLM_ALIGNER_MAX_MODEL_LEN={settings.vllm_aligner_max_model_len} is too small: the "
             f"aligner's prompt for a 300 s chunk with MAX_NEW_TOKENS {settings.max_new_tokens} can "
             f"reach {align_need} tokens; raise it to {align_need} or lower MAX_NEW_TOKENS")
+    if settings.vllm_aligner_max_num_batched_tokens < settings.vllm_aligner_max_model_len:
+        raise ConfigError(
+            f"VLLM_ALIGNER_MAX_NUM_BATCHED_TOKENS={settings.vllm_aligner_max_num_batched_tokens} "
+            f"is below VLLM_ALIGNER_MAX_MODEL_LEN={settings.vllm_aligner_max_model_len}: the "
+            "aligner reads each prompt in one step; raise it to at least that")
     share = settings.vllm_gpu_memory_utilization + settings.vllm_aligner_gpu_memory_utilization
     if share > 0.95:
         raise ConfigError(

@@ -89,8 +89,8 @@ def aligner_engine_args(settings: Settings, model: str, timestamp_token_id: int)
         "dtype": settings.dtype,
         "gpu_memory_utilization": settings.vllm_aligner_gpu_memory_utilization,
         "max_model_len": settings.vllm_aligner_max_model_len,
-        # A whole prompt in one step: the pooled rows come from one pass over it.
-        "max_num_batched_tokens": settings.vllm_aligner_max_model_len,
+        # At least a whole prompt in one step: the pooled rows come from one pass over it.
+        "max_num_batched_tokens": settings.vllm_aligner_max_num_batched_tokens,
         "max_num_seqs": settings.vllm_aligner_max_num_seqs,
         "enforce_eager": settings.vllm_aligner_enforce_eager,
         "limit_mm_per_prompt": {"audio": 1},
