@@ -882,14 +882,15 @@ def main() -> int:
             engine.sampling_overrides = fixed_output(word_ids)
             worker = Worker(settings, engine)
             alone.clear()
-            phase_if(f"{name}/engines", lambda: engine_calls(engine, "vllm"), key="engines")
-            phase_if(f"{name}/one-call", one_call, key="one-call")
+            # The job phases first: a run cut by the device's time limit keeps those.
             phase_if(f"{name}/jobs-1", lambda: job_batch(1, count=args.alone or 16), key="jobs")
             phase_if(f"{name}/jobs-{top}", lambda: job_batch(top), key="jobs")
+            phase_if(f"{name}/during", during, key="during")
             if args.steady > 1:
                 phase_if(f"{name}/steady-{top}", lambda: job_batch(top, args.steady),
                          key="steady")
-            phase_if(f"{name}/during", during, key="during")
+            phase_if(f"{name}/one-call", one_call, key="one-call")
+            phase_if(f"{name}/engines", lambda: engine_calls(engine, "vllm"), key="engines")
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -278,6 +278,40 @@ def test_a_second_audio_and_short_audio_are_refused_as_vllm_refuses(fake_vllm, m
     assert engine.transcribe([one[:80]], [None], [""])[0].text
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_each_engine_process_starts_with_one_torch_thread(fake_vllm, model_dirs, monkeypatch):
+    """The engine processes' CPU work is many small torch ops between GPU steps; with a thread
+    per core each op waited for threads that other processes had taken (BENCHMARKS.md, run 8).
+    The worker's own process keeps its environment."""
+    import multiprocessing
+
+    from qwen_worker.vllm_engine import engine_process_env
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    settings = _settings(model_dirs)
+    assert settings.vllm_engine_threads == 1
+    load_engine(settings)
+    assert [e.spawn_env["OMP_NUM_THREADS"] for e in _engines(fake_vllm)] == ["1", "1"]
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    # What vLLM's spawned engine core then has: a fresh interpreter's torch reads it.
+    with engine_process_env(settings), multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_torch_threads) == 1
+    # VLLM_ENGINE_THREADS=0 leaves the environment's choice (here 3) to the engines.
+    fake_vllm.CREATED.clear()
+    load_engine(_settings(model_dirs, VLLM_ENGINE_THREADS="0"))
+    assert [e.spawn_env["OMP_NUM_THREADS"] for e in _engines(fake_vllm)] == ["3", "3"]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    fake_vllm.CREATED.clear()
+    load_engine(_settings(model_dirs, VLLM_ENGINE_THREADS="4"))
+    assert [e.spawn_env["OMP_NUM_THREADS"] for e in _engines(fake_vllm)] == ["4", "4"]
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
 def test_settings_that_cannot_hold_a_chunk_are_refused_at_start_up(fake_vllm, model_dirs):
     from qwen_worker.vllm_engine import aligner_engine_args
 

@@ -68,6 +68,7 @@ class Settings:
     vllm_aligner_max_num_batched_tokens: int
     vllm_aligner_enforce_eager: bool
     vllm_frontend_processes: int
+    vllm_engine_threads: int  # 0: torch's default (a thread per core)
     max_download_bytes: int
     max_base64_bytes: int
     max_audio_seconds: float
@@ -290,6 +291,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vllm_frontend_processes=_int(env, "VLLM_FRONTEND_PROCESSES",
                                      # a core each; 4 left for the engine cores and jobs
                                      min(12, max(1, _usable_cores() - 4)), 1, 64),
+        # torch's CPU threads in each engine process. Their CPU work is many small ops between
+        # GPU steps; a pool of a thread per core made each op wait for threads that the front
+        # end, ffmpeg and the other engine had taken (BENCHMARKS.md, run 8).
+        vllm_engine_threads=_int(env, "VLLM_ENGINE_THREADS", 1, 0, 256),
         max_download_bytes=_int(env, "MAX_DOWNLOAD_BYTES", 2 * 1024**3, 1, 1 << 40),
         max_base64_bytes=_int(env, "MAX_BASE64_BYTES", 20 * 1024**2, 1, 1 << 32),
         max_audio_seconds=_float(env, "MAX_AUDIO_SECONDS", 6 * 3600.0, 1.0, 1e7),

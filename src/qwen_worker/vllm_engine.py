@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -31,7 +32,7 @@ import threading
 import weakref
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -471,12 +472,32 @@ class VllmEngine:
     def _timestamps(self, words: list[str], pooled: Any) -> list[AlignedToken]:
         """The class (argmax) at each `<timestamp>` row x segment time, repaired as qwen-asr
         repairs it (timestamps.repair)."""
-        classes = pooled.outputs.data.argmax(-1).tolist()
+        # numpy's argmax: one thread. torch's would wake this process's pool of a thread per
+        # core for a few hundred rows, in every job thread.
+        classes = np.asarray(pooled.outputs.data.float()).argmax(-1).tolist()
         try:
             spans = word_spans(words, classes, self._config.segment_ms)
         except ValueError as exc:
             raise EngineError(f"the aligner's output does not fit the words: {exc}") from None
         return [AlignedToken(*span) for span in spans]
+
+
+@contextlib.contextmanager
+def engine_process_env(settings: Settings) -> Iterator[None]:
+    """The environment an engine process is spawned with: `VLLM_ENGINE_THREADS` torch threads
+    (OMP_NUM_THREADS, read when torch starts there). This process's own is left as it was."""
+    if not settings.vllm_engine_threads:
+        yield
+        return
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(settings.vllm_engine_threads)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
 
 
 def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> VllmEngine:
@@ -491,11 +512,14 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
     from vllm.v1.engine.async_llm import AsyncLLM
 
     aligner_config = AlignerConfig(aligner_path)
-    asr = AsyncLLM.from_engine_args(AsyncEngineArgs(**asr_engine_args(settings, asr_path)))
+    with engine_process_env(settings):
+        asr = AsyncLLM.from_engine_args(AsyncEngineArgs(**asr_engine_args(settings, asr_path)))
     aligner = front = None
     try:
-        aligner = AsyncLLM.from_engine_args(AsyncEngineArgs(
-            **aligner_engine_args(settings, aligner_path, aligner_config.timestamp_token_id)))
+        with engine_process_env(settings):
+            aligner = AsyncLLM.from_engine_args(AsyncEngineArgs(
+                **aligner_engine_args(settings, aligner_path,
+                                      aligner_config.timestamp_token_id)))
         # The front end processes input with the engines' own configs.
         front = FrontEnd({"asr": asr.vllm_config, "aligner": aligner.vllm_config},
                          settings.vllm_frontend_processes)
@@ -518,7 +542,8 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
     check_native_classes()  # after qwen-asr's import (VllmEngine's) had its chance
     engine.warm_up()
     log.info("loaded %s and %s on vLLM (AsyncLLM, ASR memory %.2f, aligner %.2f, %d front-end "
-             "processes)", settings.asr_model, settings.aligner_model,
-             settings.vllm_gpu_memory_utilization, settings.vllm_aligner_gpu_memory_utilization,
-             settings.vllm_frontend_processes)
+             "processes, %s torch threads per engine)", settings.asr_model,
+             settings.aligner_model, settings.vllm_gpu_memory_utilization,
+             settings.vllm_aligner_gpu_memory_utilization, settings.vllm_frontend_processes,
+             settings.vllm_engine_threads or "default")
     return engine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, AsyncGenerator
 
@@ -42,6 +43,8 @@ class AsyncLLM:
         self.closed = False
         self._abort: set[str] = set()
         self._in_flight: dict[str, str] = {}  # audio item name -> request id
+        # The real engine-core process is spawned here and inherits this environment.
+        self.spawn_env = dict(os.environ)
         CREATED.append(self)
 
     @classmethod
