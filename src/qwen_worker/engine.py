@@ -9,6 +9,7 @@ time; `merge` turns it into file time.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
@@ -117,15 +118,46 @@ def _release_gpu_cache(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+# qwen-asr's repetition fix (`detect_and_fix_repetitions`, threshold 20) changes a text only
+# where a pattern of 1-20 characters repeats at least 20 times in a row. Whether one does is
+# found here in C; the fix itself is pure Python that holds the GIL ~50 ms for a 900-token
+# chunk (~1.3 s for an hour, in the middle of every other job's work), and qwen-asr's
+# `parse_asr_output` runs it on every output.
+_REPEATS = re.compile(r"(.{1,20}?)\1{19,}", re.DOTALL)
+
+
 def read_asr_output(raw: str, forced: str | None, output_tokens: int,
                     hit_token_limit: bool) -> AsrOutput:
-    """A chunk's raw model output ("language X<asr_text>text"), parsed as qwen-asr parses it."""
-    from qwen_asr.inference.utils import detect_and_fix_repetitions, parse_asr_output
+    """A chunk's raw model output ("language X<asr_text>text"), parsed as qwen-asr's
+    `parse_asr_output` parses it (tests/test_languages.py holds the two equal), its
+    repetition fix run only where there is a repetition."""
+    from qwen_asr.inference.utils import detect_and_fix_repetitions
 
-    language, text = parse_asr_output(raw, user_language=forced)
+    stripped = raw.strip()
+    fixed = detect_and_fix_repetitions(stripped) if _REPEATS.search(stripped) else stripped
+    language, text = _language_and_text(fixed, forced)
     return AsrOutput(language=language, text=text, output_tokens=output_tokens,
-                     hit_token_limit=hit_token_limit,
-                     repetition_loop=detect_and_fix_repetitions(raw.strip()) != raw.strip())
+                     hit_token_limit=hit_token_limit, repetition_loop=fixed != stripped)
+
+
+def _language_and_text(output: str, forced: str | None) -> tuple[str, str]:
+    """qwen-asr's reading of a (stripped, repaired) output: a forced language takes the whole
+    output as text; else "language X" before the `<asr_text>` tag names it ("language None":
+    no speech), and an output without the tag is text in no known language."""
+    from qwen_asr.inference.utils import _ASR_TEXT_TAG, _LANG_PREFIX, normalize_language_name
+
+    if not output:
+        return "", ""
+    if forced:
+        return forced, output
+    meta, tag, text = output.partition(_ASR_TEXT_TAG)
+    if not tag:
+        return "", output.strip()
+    if "language none" in meta.lower():
+        return "", text.strip()
+    named = next((line.strip()[len(_LANG_PREFIX):].strip() for line in meta.splitlines()
+                  if line.strip().lower().startswith(_LANG_PREFIX)), "")
+    return (normalize_language_name(named) if named else ""), text.strip()
 
 
 def padded(samples: np.ndarray) -> np.ndarray:
