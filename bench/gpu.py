@@ -511,7 +511,9 @@ STAGES = ("download", "decode", "asr", "align")
 
 def timeline(outputs: list[dict]) -> dict[str, list[float]]:
     """When the jobs' stages ended, in seconds after the first job started: [first, median,
-    last] each. Shows how the jobs' requests reach the engines: together or strung out."""
+    last] each (a job's start plus its stage timings: the short gaps between stages, counted
+    in `rest`, are left out). Shows how the jobs' requests reach the engines: together or
+    strung out."""
     ends: dict[str, list[float]] = {}
     for out in outputs:
         t = out["started"]
@@ -592,7 +594,8 @@ def main() -> int:
                          "the top-concurrency job phases, raw stacks into DIR")
     ap.add_argument("--phases", default=",".join(PHASES),
                     help=f"which of {','.join(PHASES)} to run (jobs-1 gives `alone`)")
-    ap.add_argument("--alone", type=int, help="jobs at concurrency 1 (default: all --jobs)")
+    ap.add_argument("--alone", type=int,
+                    help="jobs at concurrency 1 (default: all --jobs; 16 in a variant)")
     ap.add_argument("--during-at", default="1",
                     help="seconds after the hour's start to send each short job (e.g. 1,4,7)")
     ap.add_argument("--json", type=Path)
@@ -823,7 +826,8 @@ def main() -> int:
                 sent = time.perf_counter() - t_long
                 if long_future.done():
                     break  # the hour ended: the rest would run alone
-                out = pool.submit(worker.handle, {**jobs[n], "id": f"short-{n}"}).result()
+                out = pool.submit(worker.handle, {**jobs[n % len(jobs)],
+                                                  "id": f"short-{n}"}).result()
                 shorts.append((sent, time.perf_counter() - t_long - sent, out))
             long_out = long_future.result()
             long_s = time.perf_counter() - t_long
@@ -858,17 +862,19 @@ def main() -> int:
         if args.steady > 1:
             phase_if(f"steady-{top}", lambda: job_batch(top, args.steady), key="steady")
         phase_if("during", during)
+        profile_root = args.profile  # each variant's stacks in a folder of its own
         for spec in args.variant:
             name, _, pairs = spec.partition(":")
             overrides = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
             for key in overrides:  # given as shares of a 24 GB card, as the defaults are
                 if key.endswith("GPU_MEMORY_UTILIZATION"):
                     overrides[key] = f"{float(overrides[key]) * CARD_GIB / memory.total_gib:.4f}"
-            # Also in this environment: the engine processes started next inherit it
-            # (e.g. OMP_NUM_THREADS, which the worker's settings do not hold).
+            # Also in this environment: the engine processes started next inherit it (variables
+            # the worker's settings do not hold; their torch threads are VLLM_ENGINE_THREADS,
+            # which overrides OMP_NUM_THREADS there unless 0).
             saved = {k: os.environ.get(k) for k in overrides}
             os.environ.update(overrides)
-            args.profile = args.profile / name if args.profile else None
+            args.profile = profile_root / name if profile_root else None
             engine.close()
             released = time.perf_counter()
             while memory.used_gib() > idle_gib + 1.0 and time.perf_counter() - released < 60:

@@ -68,7 +68,7 @@ class Settings:
     vllm_aligner_max_num_batched_tokens: int
     vllm_aligner_enforce_eager: bool
     vllm_frontend_processes: int
-    vllm_engine_threads: int  # 0: torch's default (a thread per core)
+    vllm_engine_threads: int  # 0: OMP_NUM_THREADS as the environment has it
     max_download_bytes: int
     max_base64_bytes: int
     max_audio_seconds: float

@@ -120,9 +120,9 @@ def _release_gpu_cache(device: str) -> None:
 
 # qwen-asr's repetition fix (`detect_and_fix_repetitions`, threshold 20) changes a text only
 # where a pattern of 1-20 characters repeats at least 20 times in a row. Whether one does is
-# found here in C; the fix itself is pure Python that holds the GIL ~50 ms for a 900-token
-# chunk (~1.3 s for an hour, in the middle of every other job's work), and qwen-asr's
-# `parse_asr_output` runs it on every output.
+# found here by the regex engine; the fix itself is pure Python that holds the GIL for tens of
+# milliseconds per long chunk (BENCHMARKS.md), and qwen-asr's `parse_asr_output` runs it on
+# every output.
 _REPEATS = re.compile(r"(.{1,20}?)\1{19,}", re.DOTALL)
 
 
@@ -144,6 +144,8 @@ def _language_and_text(output: str, forced: str | None) -> tuple[str, str]:
     """qwen-asr's reading of a (stripped, repaired) output: a forced language takes the whole
     output as text; else "language X" before the `<asr_text>` tag names it ("language None":
     no speech), and an output without the tag is text in no known language."""
+    # qwen-asr's own constants (private names of the pinned 0.0.6; the property test in
+    # tests/test_languages.py fails if they ever stop matching its parse_asr_output)
     from qwen_asr.inference.utils import _ASR_TEXT_TAG, _LANG_PREFIX, normalize_language_name
 
     if not output:

@@ -485,7 +485,8 @@ class VllmEngine:
 @contextlib.contextmanager
 def engine_process_env(settings: Settings) -> Iterator[None]:
     """The environment an engine process is spawned with: `VLLM_ENGINE_THREADS` torch threads
-    (OMP_NUM_THREADS, read when torch starts there). This process's own is left as it was."""
+    (OMP_NUM_THREADS, read when torch starts in the new interpreter: this relies on spawn; a
+    forked engine would keep this process's pool). This process's own is left as it was."""
     if not settings.vllm_engine_threads:
         yield
         return
@@ -512,25 +513,24 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
     from vllm.v1.engine.async_llm import AsyncLLM
 
     aligner_config = AlignerConfig(aligner_path)
-    with engine_process_env(settings):
-        asr = AsyncLLM.from_engine_args(AsyncEngineArgs(**asr_engine_args(settings, asr_path)))
     aligner = front = None
-    try:
-        with engine_process_env(settings):
+    with engine_process_env(settings):  # the front end's processes set one thread themselves
+        asr = AsyncLLM.from_engine_args(AsyncEngineArgs(**asr_engine_args(settings, asr_path)))
+        try:
             aligner = AsyncLLM.from_engine_args(AsyncEngineArgs(
                 **aligner_engine_args(settings, aligner_path,
                                       aligner_config.timestamp_token_id)))
-        # The front end processes input with the engines' own configs.
-        front = FrontEnd({"asr": asr.vllm_config, "aligner": aligner.vllm_config},
-                         settings.vllm_frontend_processes)
-        front.start()
-    except BaseException:
-        if front is not None:
-            front.close()
-        for started in (aligner, asr):
-            if started is not None:
-                started.shutdown()
-        raise
+            # The front end processes input with the engines' own configs.
+            front = FrontEnd({"asr": asr.vllm_config, "aligner": aligner.vllm_config},
+                             settings.vllm_frontend_processes)
+            front.start()
+        except BaseException:
+            if front is not None:
+                front.close()
+            for started in (aligner, asr):
+                if started is not None:
+                    started.shutdown()
+            raise
     engine = VllmEngine(asr, aligner, front=front,
                         tokenizer=AutoTokenizer.from_pretrained(asr_path),
                         aligner_tokenizer=AutoTokenizer.from_pretrained(aligner_path),
