@@ -56,6 +56,7 @@ import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
+from unittest import mock
 
 import numpy as np
 
@@ -480,11 +481,15 @@ def settings_env(asr: Path, aligner: Path, total_gib: float, backend: str, work:
             "MAX_DOWNLOAD_BYTES": str(1 << 30)}
 
 
+def fixed_length(samples: int) -> dict[str, Any]:
+    """Exactly the bench's output length for this much audio (EOS ignored)."""
+    return dict(max_tokens=max(1, round(samples / SR * TOKENS_PER_SECOND)), ignore_eos=True)
+
+
 def fixed_output(word_ids: list[int]) -> Callable[[int], dict[str, Any]]:
     """Exactly n tokens (EOS ignored), sampled among the word tokens: random words, no loops."""
     def overrides(samples: int) -> dict[str, Any]:
-        n = max(1, round(samples / SR * TOKENS_PER_SECOND))
-        return dict(max_tokens=n, ignore_eos=True, temperature=1.0, allowed_token_ids=word_ids)
+        return dict(fixed_length(samples), temperature=1.0, allowed_token_ids=word_ids)
     return overrides
 
 
@@ -770,8 +775,7 @@ def main() -> int:
                     timed("asr_sampled", lambda: engine.transcribe(clips, english, blank))
                     timed(f"align_{'within' if within else 'all'}_classes",
                           lambda: engine.align(clips, texts, english))
-                engine.sampling_overrides = lambda samples: dict(
-                    max_tokens=max(1, round(samples / SR * TOKENS_PER_SECOND)), ignore_eos=True)
+                engine.sampling_overrides = fixed_length
                 timed("asr_greedy", lambda: engine.transcribe(clips, english, blank))
                 engine.sampling_overrides = sampled
         finally:
@@ -805,8 +809,7 @@ def main() -> int:
                 "decode_s_mean": round(float(np.mean([o["timings"]["decode"] for o in outs])), 3),
                 # the rest of a job: validation, merge, formats (and waiting for the GIL)
                 "rest_s_mean": round(float(np.mean([o["timings"]["total"] - sum(
-                    o["timings"][k] for k in ("download", "decode", "asr", "align"))
-                    for o in outs])), 3),
+                    o["timings"][k] for k in STAGES) for o in outs])), 3),
                 "timeline": timeline(outs) if conc > 1 else {},
                 "peak_gib": round(memory.peak, 2), **usage.row,
                 "where": where.top() if args.where else []}
@@ -869,11 +872,11 @@ def main() -> int:
             for key in overrides:  # given as shares of a 24 GB card, as the defaults are
                 if key.endswith("GPU_MEMORY_UTILIZATION"):
                     overrides[key] = f"{float(overrides[key]) * CARD_GIB / memory.total_gib:.4f}"
-            # Also in this environment: the engine processes started next inherit it (variables
-            # the worker's settings do not hold; their torch threads are VLLM_ENGINE_THREADS,
-            # which overrides OMP_NUM_THREADS there unless 0).
-            saved = {k: os.environ.get(k) for k in overrides}
-            os.environ.update(overrides)
+            # Also in this environment, until the variant ends: the engine processes started
+            # next inherit it (variables the worker's settings do not hold; their torch threads
+            # are VLLM_ENGINE_THREADS, which overrides OMP_NUM_THREADS there unless 0).
+            variant_env = mock.patch.dict(os.environ, overrides)
+            variant_env.start()
             args.profile = profile_root / name if profile_root else None
             engine.close()
             released = time.perf_counter()
@@ -897,11 +900,7 @@ def main() -> int:
                          key="steady")
             phase_if(f"{name}/one-call", one_call, key="one-call")
             phase_if(f"{name}/engines", lambda: engine_calls(engine, "vllm"), key="engines")
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            variant_env.stop()
         if args.transformers:
             tf_settings = load_settings({**env, "ASR_BACKEND": "transformers",
                                          "MAX_NEW_TOKENS": "900",

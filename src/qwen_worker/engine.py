@@ -157,8 +157,9 @@ def _language_and_text(output: str, forced: str | None) -> tuple[str, str]:
         return "", output.strip()
     if "language none" in meta.lower():
         return "", text.strip()
-    named = next((line.strip()[len(_LANG_PREFIX):].strip() for line in meta.splitlines()
-                  if line.strip().lower().startswith(_LANG_PREFIX)), "")
+    lines = (line.strip() for line in meta.splitlines())
+    named = next((line[len(_LANG_PREFIX):].strip() for line in lines
+                  if line.lower().startswith(_LANG_PREFIX)), "")
     return (normalize_language_name(named) if named else ""), text.strip()
 
 
