@@ -156,3 +156,63 @@ def test_base64_errors(tmp_path):
     assert _code(lambda: decode_base64("not base64!!", tmp_path, 1 << 20)) is ErrorCode.INVALID_INPUT
     big = base64.b64encode(b"\0" * 5000).decode()
     assert _code(lambda: decode_base64(big, tmp_path, 4000)) is ErrorCode.AUDIO_TOO_LARGE
+    # Whitespace does not count against the cap; what it wraps does.
+    exact = base64.b64encode(b"\0" * 4998).decode()  # no padding: 4998 bytes exactly
+    wrapped = "\r\n".join(exact[i:i + 76] for i in range(0, len(exact), 76))
+    assert decode_base64(wrapped, tmp_path, 4998).read_bytes() == b"\0" * 4998
+    assert _code(lambda: decode_base64(wrapped, tmp_path, 4997)) is ErrorCode.AUDIO_TOO_LARGE
+
+
+def _stdlib_reading(text: str) -> bytes | None:
+    """What the worker accepted before it took pybase64: the standard library's strict decode
+    of the payload with all whitespace removed (None: refused)."""
+    import binascii
+
+    payload = text.strip()
+    if payload.startswith("data:"):
+        header, sep, payload = payload.partition(",")
+        if not sep or not header.endswith(";base64"):
+            return None
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _reading(text: str, tmp_path) -> bytes | None:
+    try:
+        return decode_base64(text, tmp_path, 1 << 20).read_bytes()
+    except WorkerError as exc:
+        assert exc.code is ErrorCode.INVALID_INPUT
+        return None
+
+
+def test_base64_accepts_and_refuses_what_the_standard_library_does(tmp_path):
+    """pybase64 (SIMD) in place of the standard library's decoder: the same bytes for every
+    valid payload, wrapped or not, and the same refusals (a property test over generated
+    payloads: valid ones with whitespace of several kinds put anywhere, and near-base64 text)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    spaces = st.sampled_from([" ", "\n", "\r\n", "\t", "\u00a0", "\u2028", ""])
+
+    @st.composite
+    def wrapped(draw) -> str:
+        text = base64.b64encode(draw(st.binary(max_size=300))).decode()
+        for _ in range(draw(st.integers(0, 6))):
+            at = draw(st.integers(0, len(text)))
+            text = text[:at] + draw(spaces) + text[at:]
+        return draw(st.sampled_from(["", "data:audio/wav;base64,"])) + text + draw(spaces)
+
+    near = st.text(alphabet=st.sampled_from(list("QUJDRA+/=aZ09 \n\t!-_\u00e9\u00a0")),
+                   max_size=40)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.one_of(wrapped(), near))
+    def same(text: str) -> None:
+        assert _reading(text, tmp_path) == _stdlib_reading(text)
+
+    same()
+    assert _reading("QUJD\r\nRA==", tmp_path) == b"ABCD"  # MIME line breaks
+    assert _reading("QUJDRA=", tmp_path) is None  # missing padding
+    assert _reading("QUJD-RA==", tmp_path) is None  # URL-safe alphabet: not ours

@@ -6,7 +6,6 @@ would otherwise pick its demuxer from a (possibly lying) extension.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import ipaddress
 import logging
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pybase64
 import requests
 from runpod.serverless.utils import rp_ssrf
 
@@ -186,18 +186,27 @@ def _reason(exc: BaseException) -> str:
 
 
 def decode_base64(data: str, dest_dir: Path, max_bytes: int) -> Path:
-    """audio_base64 (plain or a data: URL) -> dest_dir/input, size-capped before decoding."""
+    """audio_base64 (plain or a data: URL) -> dest_dir/input, size-capped before decoding.
+
+    pybase64 (SIMD; vLLM's own dependency): the standard library's decoder held the GIL ~9 ms
+    per 30 s WAV clip on the H200's host, and 64 clips arriving at once queued ~0.6 s of it in
+    front of every job's decode (BENCHMARKS.md, run 11). Whitespace (MIME line breaks) is
+    removed only when the strict decode finds some, which keeps the clean case one pass."""
     payload = data.strip()
     if payload.startswith("data:"):
         header, sep, payload = payload.partition(",")
         if not sep or not header.endswith(";base64"):
             raise WorkerError(ErrorCode.INVALID_INPUT, "audio_base64 data: URL must be base64-encoded")
-    payload = "".join(payload.split())  # line breaks from MIME encoders
-    if len(payload) // 4 * 3 > max_bytes:
-        raise WorkerError(ErrorCode.AUDIO_TOO_LARGE,
-                          f"audio_base64 decodes to more than {max_bytes} bytes")
+    if len(payload) // 4 * 3 > max_bytes:  # before any copy: whitespace only makes it shorter
+        payload = "".join(payload.split())
+        if len(payload) // 4 * 3 > max_bytes:
+            raise WorkerError(ErrorCode.AUDIO_TOO_LARGE,
+                              f"audio_base64 decodes to more than {max_bytes} bytes")
     try:
-        raw = base64.b64decode(payload, validate=True)
+        try:
+            raw = pybase64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raw = pybase64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
         raise WorkerError(ErrorCode.INVALID_INPUT, "audio_base64 is not valid base64") from None
     dest = dest_dir / INPUT_NAME
