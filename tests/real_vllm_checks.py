@@ -217,10 +217,12 @@ def front_end(processor, config, params, al_proc, al_config, al_prompt) -> dict:
     from qwen_worker.prompts import asr_prompt
 
     audio = np.random.default_rng(0).normal(0, 0.1, 30 * SR).astype(np.float32)
-    front = FrontEnd({"asr": config, "aligner": al_config}, 2)
+    front = FrontEnd({"asr": config, "aligner": al_config}, 2,
+                     warm_prompts={"asr": asr_prompt("", None)})
     found: dict = {"processes": front.processes}
     try:
-        front.start()
+        front.start()  # each process warms the real processor on 1 s of silence
+        found["warmed"] = sorted(front.warmed.values())
         for name, proc, prompt, p, tasks in [
                 ("asr", processor, asr_prompt("", "English"), params, ("generate",)),
                 ("aligner", al_proc, al_prompt, PoolingParams(task="token_classify"),

@@ -89,6 +89,7 @@ def test_the_front_end_processes_prepare_what_the_engine_would_have_made(real):
     give two audios one name (the engine keys its encoder cache by it)."""
     front = real["frontend"]
     assert front["processes"] == 2
+    assert front["warmed"] == [["asr"], ["asr"]]  # both started, each warmed up
     for engine in ("asr", "aligner"):
         row = front[engine]
         assert row["same_prompt_token_ids"] and row["same_features"], row

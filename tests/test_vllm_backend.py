@@ -602,6 +602,28 @@ def test_input_processing_runs_in_front_end_processes_shortest_call_first(fake_v
     assert fake_vllm.ACTIVE == set()
 
 
+def test_every_front_end_process_is_started_and_warm_before_the_first_job(fake_vllm, model_dirs):
+    """Start-up waits for every front-end process to finish starting (vLLM's imports, the input
+    processors, one pass of the ASR's on 1 s of silence): on the H200 a pool still starting
+    took ~26 CPU s beside the first jobs after an engine restart (BENCHMARKS.md, run 12). A
+    process that cannot start fails start-up with its own reason."""
+    from qwen_worker.frontend import FrontEnd
+
+    load_engine(_settings(model_dirs, VLLM_FRONTEND_PROCESSES="3"))
+    (front,) = fake_vllm.FRONTS
+    pids = {p.pid for p in front._pool._processes.values()}
+    assert len(pids) == 3 and set(front.warmed) == pids
+    assert all(names == ["asr"] for names in front.warmed.values())
+    asr, _ = _engines(fake_vllm)
+    broken = FrontEnd({"asr": asr.vllm_config}, 2, warm_prompts={"asr": "no audio in here"})
+    try:
+        with pytest.raises(RuntimeError, match="input processing failed to start: "
+                                               "ValueError.*Failed to apply"):
+            broken.start()
+    finally:
+        broken.close()
+
+
 def test_audio_items_are_named_after_their_requests_across_processes(fake_vllm, model_dirs):
     """Each front-end process counts its audio items from 1; the engine keys its encoder cache
     by their names (the stand-in engine dies on a name already in flight, as the real engine

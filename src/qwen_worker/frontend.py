@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import multiprocessing
+import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
@@ -28,11 +29,18 @@ import numpy as np
 # In each pool process: engine name -> its InputProcessor, or the start-up failure.
 _PROCESSORS: dict[str, Any] = {}
 _START_ERROR: list[BaseException] = []
+_ALL_STARTED: list[Any] = []  # the pool's start barrier (FrontEnd.start)
+_WARMED: list[str] = []  # engines whose processor ran its warm-up here
+START_TIMEOUT_S = 600.0
+WARM_UP_SAMPLES = 16000  # 1 s: vLLM refuses audio of 160 samples or fewer
 
 
-def _start(configs: dict[str, Any]) -> None:
-    """Pool initializer. A failure is kept and raised by every task, with its message (a
-    raising initializer only breaks the pool, its reason lost in the process's stderr)."""
+def _start(configs: dict[str, Any], warm: dict[str, str], all_started: Any) -> None:
+    """Pool initializer: the engines' input processors, each run once on 1 s of silence (its
+    first call loads the HF processor and sets up the feature extractor: not a job's cost).
+    A failure is kept and raised by every task, with its message (a raising initializer only
+    breaks the pool, its reason lost in the process's stderr)."""
+    _ALL_STARTED.append(all_started)
     try:
         import torch
 
@@ -44,6 +52,11 @@ def _start(configs: dict[str, Any]) -> None:
 
         for name, config in configs.items():
             _PROCESSORS[name] = InputProcessor(config)
+        silence = np.zeros(WARM_UP_SAMPLES, dtype=np.float32)
+        for name, prompt in warm.items():
+            _PROCESSORS[name].input_preprocessor.preprocess(
+                {"prompt": prompt, "multi_modal_data": {"audio": silence}})
+            _WARMED.append(name)
     except Exception as exc:  # noqa: BLE001 - reported by each task
         _START_ERROR.append(exc)
 
@@ -52,6 +65,17 @@ def _ping() -> bool:
     if _START_ERROR:
         raise RuntimeError(f"vLLM's input processing failed to start: {_START_ERROR[0]!r}")
     return True
+
+
+def _started() -> tuple[int, list[str]]:
+    """Start-up's task: returns when every process of the pool holds one (a process runs one
+    task at a time, so all of them have finished their initializer), or raises."""
+    barrier = _ALL_STARTED[0]
+    if _START_ERROR:
+        barrier.abort()  # the others' waits end at once
+        _ping()
+    barrier.wait(START_TIMEOUT_S)
+    return os.getpid(), list(_WARMED)
 
 
 def _prepare(name: str, request_id: str, prompt: str, audio: np.ndarray) -> dict[str, Any]:
@@ -75,21 +99,32 @@ class FrontEnd:
     and only as many as there are processes are handed to the pool at a time: a 30 s job is
     prepared next, not after the queued chunks of an hour-long file."""
 
-    def __init__(self, configs: dict[str, Any], processes: int):
+    def __init__(self, configs: dict[str, Any], processes: int,
+                 warm_prompts: dict[str, str] | None = None):
         # Spawn: a fresh interpreter, nothing of this process's threads or locks.
-        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start, initargs=(configs,))
+        context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start,
+                                         initargs=(configs, warm_prompts or {},
+                                                   context.Barrier(processes)))
         self.processes = processes
+        self.warmed: dict[int, list[str]] = {}  # after start(): process id -> engines warmed
         self._lock = threading.Lock()
         self._waiting: list[tuple[int, int, Future, tuple]] = []  # a heap
         self._order = itertools.count()
         self._running = 0
 
     def start(self) -> None:
-        """Start every process now (the pool starts one per task that finds none idle), so
-        that no job pays for a start-up; raise their start-up failure, if any."""
-        for future in [self._pool.submit(_ping) for _ in range(self.processes)]:
-            future.result()
+        """Start every process now and wait until each has finished starting (imports, the
+        input processors, their warm-up on `warm_prompts`): no job pays for that, and no
+        process still starting competes for the host's cores with the first jobs. Raise their
+        start-up failure, if any."""
+        futures = [self._pool.submit(_started) for _ in range(self.processes)]
+        errors = [f.exception() for f in futures]
+        failed = [e for e in errors if e is not None]
+        if failed:  # the start-up failure's own message before the barrier's
+            raise next((e for e in failed if isinstance(e, RuntimeError)
+                        and "failed to start" in str(e)), failed[0])
+        self.warmed = dict(f.result() for f in futures)
 
     def prepare(self, name: str, request_id: str, prompt: str, audio: np.ndarray,
                 rank: int = 0) -> "Future[dict[str, Any]]":

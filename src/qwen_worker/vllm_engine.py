@@ -522,7 +522,8 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
                                       aligner_config.timestamp_token_id)))
             # The front end processes input with the engines' own configs.
             front = FrontEnd({"asr": asr.vllm_config, "aligner": aligner.vllm_config},
-                             settings.vllm_frontend_processes)
+                             settings.vllm_frontend_processes,
+                             warm_prompts={"asr": asr_prompt("", None)})
             front.start()
         except BaseException:
             if front is not None:
