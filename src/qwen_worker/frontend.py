@@ -61,9 +61,13 @@ def _start(configs: dict[str, Any], warm: dict[str, str], all_started: Any) -> N
         _START_ERROR.append(exc)
 
 
+class FrontEndStartError(RuntimeError):
+    """A front-end process could not start (raised by each of its tasks)."""
+
+
 def _ping() -> bool:
     if _START_ERROR:
-        raise RuntimeError(f"vLLM's input processing failed to start: {_START_ERROR[0]!r}")
+        raise FrontEndStartError(f"vLLM's input processing failed to start: {_START_ERROR[0]!r}")
     return True
 
 
@@ -119,11 +123,9 @@ class FrontEnd:
         process still starting competes for the host's cores with the first jobs. Raise their
         start-up failure, if any."""
         futures = [self._pool.submit(_started) for _ in range(self.processes)]
-        errors = [f.exception() for f in futures]
-        failed = [e for e in errors if e is not None]
-        if failed:  # the start-up failure's own message before the barrier's
-            raise next((e for e in failed if isinstance(e, RuntimeError)
-                        and "failed to start" in str(e)), failed[0])
+        failed = [e for e in (f.exception() for f in futures) if e is not None]
+        if failed:  # the start-up failure's own message before the others' broken barrier
+            raise next((e for e in failed if isinstance(e, FrontEndStartError)), failed[0])
         self.warmed = dict(f.result() for f in futures)
 
     def prepare(self, name: str, request_id: str, prompt: str, audio: np.ndarray,
