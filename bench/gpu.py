@@ -24,13 +24,19 @@ Phases (each row of the printed table; `--json` keeps them all):
   jobs-N      64 jobs of 30 s (audio_base64) through Worker.handle at concurrency N: GPU
               seconds per audio hour, p50/p95 of a job against alone, peak device memory
   steady-N    the 64 clips sent `--steady` times over with N jobs in flight throughout
+  no-repair   jobs-N and steady-N (those chosen) again without the collapse repair: random
+              weights collapse the aligner's times, so each job aligns its collapsed runs a
+              second time (a front-end pass and an aligner request more); real weights rarely
+              collapse, so these rows bound what the repair costs the job rows
+              (`collapsed_spans_per_job` says how many runs each job repaired)
   during      30 s jobs sent while a 1 h job runs (`--during-at`: 1 s after its start by
               default): their latency against alone
 
 Every phase row also says where its time went (`Usage`: CPU by process and thread, the engine
 cores' loop share, the GPU's busy share). `--variant` restarts the engines with other settings
 and runs the engine and job phases again in the same run; `--profile DIR` records the engine
-cores and this process with py-spy during the one-call and top-concurrency job phases;
+cores and this process with py-spy during the one-call and top-concurrency job phases, and
+`--profile-gil DIR` this process's GIL-holding stacks alone during the steady phase;
 `--phases` picks phases (a short device run: `--phases one-call,jobs,during --alone 16`).
 
     python bench/gpu.py --size 0.6b --transformers --json $OUT/gpu-0.6b.json   # GPU machine
@@ -112,7 +118,9 @@ WORDS = ("the of and to in is that it was for on are as with his they at be this
          "toward five using himself usually").split()
 
 
-PHASES = ("hour", "engines", "frontend", "one-call", "same-engine", "jobs", "steady", "during")
+PHASES = ("hour", "engines", "frontend", "one-call", "same-engine", "jobs", "steady", "no-repair",
+          "during")
+COLLAPSED = "had collapsed onto one instant"  # the worker's warning for each repaired run
 
 
 def log(msg: str) -> None:
@@ -217,6 +225,7 @@ class DeviceMemory:
             self._nvml = None
             self.total_gib = CARD_GIB
         self.peak = 0.0
+        self.peak_by_pid: dict[int, float] = {}
         self.busy: list[float] = []
         self._stop = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
@@ -232,14 +241,30 @@ class DeviceMemory:
             return 0.0
         return float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
 
+    def by_process(self) -> dict[int, float]:
+        """GiB each CUDA process holds (NVML's count for it: what it reserved, not what it
+        uses right now), so a peak above the engines' shares says which engine went over."""
+        if self._nvml is None:
+            return {}
+        return {p.pid: (p.usedGpuMemory or 0) / 2**30
+                for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)}
+
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, self.used_gib())
+            for pid, gib in self.by_process().items():
+                self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0.0), gib)
             self.busy.append(self.busy_percent())
 
     def reset(self) -> None:
         self.peak = self.used_gib()
+        self.peak_by_pid = self.by_process()
         self.busy = []
+
+    def peaks(self, engine: Any) -> dict[str, float]:
+        """The peak of each engine core since reset, by name (core_asr, core_aligner)."""
+        names = {pid: name for name, pids in engine_processes(engine).items() for pid in pids}
+        return {names.get(pid, str(pid)): round(gib, 2) for pid, gib in self.peak_by_pid.items()}
 
     def processes(self) -> int:
         """How many processes hold a CUDA context (the two engine cores; not the front end)."""
@@ -288,18 +313,22 @@ class CoreProfile:
     phase, as raw stacks (`NAME-core_asr.txt`, `NAME-main.txt`, ...) in `out`: what the engine
     loops do between GPU steps, and what the worker's own threads do meanwhile."""
 
-    def __init__(self, engine: Any, out: Path | None, name: str):
-        groups = {**engine_processes(engine), "main": [os.getpid()]}
+    def __init__(self, engine: Any, out: Path | None, name: str, gil_only: bool = False):
+        # gil_only: this process alone, and only the stacks that hold its GIL (`--gil`), at
+        # 100 Hz: what keeps a GIL-bound worker busy, with the engines left unsampled.
+        groups = ({"main": [os.getpid()]} if gil_only else
+                  {**engine_processes(engine), "main": [os.getpid()]})
         self._targets = ([] if out is None or shutil.which("py-spy") is None else
                          [(out / f"{name}-{group}.txt", pid)
                           for group, pids in groups.items() for pid in pids])
+        self._extra = ["--gil", "--rate", "100"] if gil_only else ["--rate", "200"]
         self._running: list[subprocess.Popen] = []
 
     def __enter__(self) -> "CoreProfile":
         for path, pid in self._targets:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._running.append(subprocess.Popen(
-                ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+                ["py-spy", "record", "--pid", str(pid), *self._extra, "--format", "raw",
                  "--threads", "--nonblocking", "--output", str(path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         if self._running:
@@ -441,6 +470,14 @@ class StackSampler:
         return [f"{count * 0.01:.1f}s {key}" for key, count in ranked]
 
 
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -530,6 +567,13 @@ def timeline(outputs: list[dict]) -> dict[str, list[float]]:
             for k, v in ends.items()}
 
 
+def collapsed_spans(outputs: list[dict]) -> dict[str, float]:
+    """How many runs of collapsed word times the jobs repaired (each a second alignment)."""
+    spans = [sum(COLLAPSED in w for w in o.get("warnings", [])) for o in outputs]
+    return {"collapsed_spans_per_job": round(float(np.mean(spans)), 2),
+            "jobs_repaired_pct": round(100.0 * sum(n > 0 for n in spans) / len(spans), 1)}
+
+
 def check_outputs(outputs: list[dict], phase: str) -> None:
     failed = [o for o in outputs if "error" in o or "error_code" in o]
     if failed:
@@ -597,6 +641,9 @@ def main() -> int:
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="record the engine cores with py-spy (on PATH) during the one-call and "
                          "the top-concurrency job phases, raw stacks into DIR")
+    ap.add_argument("--profile-gil", type=Path, metavar="DIR",
+                    help="record this process's GIL-holding stacks with py-spy during the "
+                         "steady phase (the engines unsampled), raw stacks into DIR")
     ap.add_argument("--phases", default=",".join(PHASES),
                     help=f"which of {','.join(PHASES)} to run (jobs-1 gives `alone`)")
     ap.add_argument("--alone", type=int,
@@ -672,7 +719,9 @@ def main() -> int:
                        "self_test": "passed" if self_test_rc == 0 else "FAILED",
                        "device_gib": round(memory.used_gib(), 2),
                        "cuda_processes": memory.processes(),
-                       "frontend_processes": settings.vllm_frontend_processes})
+                       "frontend_processes": settings.vllm_frontend_processes,
+                       # the engine loops and the job path are CPU work: hosts differ
+                       "cpu": cpu_model(), "cores": os.cpu_count()})
 
     tokenizer = engine._tokenizer
     word_ids = sorted({i for w in WORDS for i in tokenizer(" " + w, add_special_tokens=False)["input_ids"]})
@@ -699,6 +748,7 @@ def main() -> int:
             "audio_url": hour_url, "language": "English"}}], 1)
         check_outputs([out], "hour")
         return {"wall_s": round(wall, 2), **out["timings"], "words": len(out.get("words", [])),
+                **collapsed_spans([out]),
                 "warnings": out.get("warnings", [])[:3], "peak_gib": round(memory.peak, 2)}
 
     def engine_calls(which: Any, name: str) -> dict:
@@ -792,7 +842,8 @@ def main() -> int:
         memory.reset()
         where = StackSampler() if args.where else contextlib.nullcontext()
         profile = (CoreProfile(engine, args.profile, f"jobs-{conc}") if conc == top and rounds == 1
-                   else contextlib.nullcontext())
+                   else CoreProfile(engine, args.profile_gil, f"steady-{conc}", gil_only=True)
+                   if rounds > 1 else contextlib.nullcontext())
         with profile, Usage(engine, memory) as usage, where:
             wall, took, outs = run_jobs(worker, batch, conc)
         check_outputs(outs, f"jobs-{conc}")
@@ -810,9 +861,10 @@ def main() -> int:
                 # the rest of a job: validation, merge, formats (and waiting for the GIL)
                 "rest_s_mean": round(float(np.mean([o["timings"]["total"] - sum(
                     o["timings"][k] for k in STAGES) for o in outs])), 3),
+                **collapsed_spans(outs),
                 "timeline": timeline(outs) if conc > 1 else {},
-                "peak_gib": round(memory.peak, 2), **usage.row,
-                "where": where.top() if args.where else []}
+                "peak_gib": round(memory.peak, 2), "peak_gib_by_engine": memory.peaks(engine),
+                **usage.row, "where": where.top() if args.where else []}
 
     def during() -> dict:
         """Short jobs sent while a 1 h job runs, one after another, each at its offset
@@ -864,8 +916,16 @@ def main() -> int:
                 conc, count=args.alone if conc == 1 else None), key="jobs")
         if args.steady > 1:
             phase_if(f"steady-{top}", lambda: job_batch(top, args.steady), key="steady")
+        if "no-repair" in chosen:
+            # The same job path with the repair pass taken out (bench only): what the job rows
+            # cost where the aligner's times do not collapse, as with real weights.
+            with mock.patch("qwen_worker.pipeline._repair_collapsed", lambda *a, **k: None):
+                if "jobs" in chosen:
+                    phase(f"no-repair/jobs-{top}", lambda: job_batch(top))
+                if "steady" in chosen and args.steady > 1:
+                    phase(f"no-repair/steady-{top}", lambda: job_batch(top, args.steady))
         phase_if("during", during)
-        profile_root = args.profile  # each variant's stacks in a folder of its own
+        profile_root, gil_root = args.profile, args.profile_gil  # a folder for each variant
         for spec in args.variant:
             name, _, pairs = spec.partition(":")
             overrides = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
@@ -878,6 +938,7 @@ def main() -> int:
             variant_env = mock.patch.dict(os.environ, overrides)
             variant_env.start()
             args.profile = profile_root / name if profile_root else None
+            args.profile_gil = gil_root / name if gil_root else None
             engine.close()
             released = time.perf_counter()
             while memory.used_gib() > idle_gib + 1.0 and time.perf_counter() - released < 60:
