@@ -155,7 +155,25 @@ def main() -> None:
         "classes": aligner_config.classes}
     found["frontend"] = front_end(processor, config, params, al_proc, al_config, prompt)
     found["reuse"] = reuse(processor, params, al_proc, aligner_dir)
+    found["shutdown"] = shutdown_report()
     Path(out_path).write_text(json.dumps(found, indent=1))
+
+
+def shutdown_report() -> dict:
+    """What the worker's close() keeps out of the log: the report AsyncLLM's output task makes
+    when the engine core is gone, and the order of AsyncLLM.shutdown that lets it happen."""
+    import inspect
+
+    from vllm.v1.engine import async_llm
+
+    from qwen_worker.vllm_engine import ASYNC_LLM_LOGGER, OUTPUT_TASK_FAILED
+
+    handler = inspect.getsource(async_llm.AsyncLLM._run_output_handler)
+    stop = inspect.getsource(async_llm.AsyncLLM.shutdown)
+    return {"logger": async_llm.logger.name == ASYNC_LLM_LOGGER,
+            "reports": f'logger.exception("{OUTPUT_TASK_FAILED}.")' in handler,
+            "core_before_task": stop.index("engine_core.shutdown") < stop.index(
+                "cancel_task_threadsafe(handler)")}
 
 
 def reuse(processor, params, al_proc, aligner_dir) -> list:

@@ -158,3 +158,9 @@ def test_the_stand_in_has_the_real_surface_and_refusals(real, model_dirs, monkey
     finally:
         for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
             del sys.modules[name]
+
+
+def test_the_engine_failure_hidden_at_close_is_the_one_vllms_shutdown_order_causes(real):
+    # AsyncLLM's module logger is the one the worker filters while closing, its output task
+    # logs exactly the filtered message, and its shutdown stops the core before that task.
+    assert real["shutdown"] == {"logger": True, "reports": True, "core_before_task": True}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -107,6 +108,33 @@ def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, mode
     assert fake_vllm.ACTIVE == set()
     engine.close()
     assert asr.closed and aligner.closed
+
+
+def test_closing_the_engines_logs_no_false_engine_failure(fake_vllm, model_dirs, caplog):
+    """vLLM 0.22's shutdown stops the engine core before it cancels the output task, which
+    may log the core's exit as a failure, with a traceback, at every worker exit (seen on the
+    H100, run 13). The stand-in always logs it, as its docstring says."""
+    from qwen_worker.vllm_engine import ASYNC_LLM_LOGGER
+
+    failed = "AsyncLLM output_handler failed."
+    async_llm_log = logging.getLogger(ASYNC_LLM_LOGGER)
+
+    async def report() -> None:  # what the output task logs when the engine core dies
+        async_llm_log.error(failed)
+
+    caplog.set_level(logging.ERROR, logger=ASYNC_LLM_LOGGER)
+    engine = load_engine(_settings(model_dirs))  # its warm-up started the output tasks
+    asr, aligner = _engines(fake_vllm)
+    asr.shutdown()  # vLLM's own shutdown, without the worker's close: the false report
+    assert [r.getMessage() for r in caplog.records] == [failed]
+    caplog.clear()
+    engine._loop.submit(report()).result(5)  # a real failure while the engines run: logged
+    assert [r.getMessage() for r in caplog.records] == [failed]
+    caplog.clear()
+    engine.close()
+    assert asr.closed and aligner.closed
+    assert not caplog.records
+    assert async_llm_log.filters == []  # the next engines' failures are logged again
 
 
 def test_each_chunk_is_one_request_with_qwen_asrs_prompt(fake_vllm, model_dirs):

@@ -24,6 +24,9 @@ checks that `surface.json` here is the real package's surface). It runs no model
   in flight, so tests can see that nothing is left behind.
 * `KILL` (set by a test) makes the engine die at its next step: every running and later
   request raises EngineDeadError, as after a CUDA error in the engine process.
+* `shutdown()` after requests ran: the output task logs "AsyncLLM output_handler failed."
+  with an EngineDeadError from the requests' loop thread, as 0.22.0's may (its shutdown
+  stops the engine core before it cancels that task); here it always does.
 
 What it cannot check: anything decided on the GPU (memory, CUDA graphs, scheduling), process
 start-up, and the model's own output.

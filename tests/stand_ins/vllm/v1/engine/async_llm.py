@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, AsyncGenerator
 
@@ -13,6 +15,9 @@ from ...engine.arg_utils import AsyncEngineArgs
 from ...outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestOutput
 from .exceptions import EngineDeadError
 from .input_processor import SAMPLE_RATE, SEGMENT_SECONDS, InputProcessor
+
+logger = logging.getLogger("vllm.v1.engine.async_llm")  # the real module's logger
+
 
 class AsyncLLM:
     def __init__(self, engine_args: AsyncEngineArgs):
@@ -45,6 +50,7 @@ class AsyncLLM:
         self._in_flight: dict[str, str] = {}  # audio item name -> request id
         # The real engine-core process is spawned here and inherits this environment.
         self.spawn_env = dict(os.environ)
+        self._loop: asyncio.AbstractEventLoop | None = None
         CREATED.append(self)
 
     @classmethod
@@ -53,7 +59,25 @@ class AsyncLLM:
         return cls(engine_args)
 
     def shutdown(self, timeout: float | None = None) -> None:
+        """As 0.22.0's: the engine core is stopped first, and the output task, which runs on
+        the loop of the first request, is cancelled after. Meanwhile (the real shutdown
+        waits for the core's process) that task finds the core gone and logs it as a failure
+        from its loop's thread, which this one does every time."""
         self.closed = True
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return
+        reported = threading.Event()
+
+        def report() -> None:
+            try:
+                raise EngineDeadError()
+            except EngineDeadError:
+                logger.exception("AsyncLLM output_handler failed.")
+            reported.set()
+
+        loop.call_soon_threadsafe(report)
+        reported.wait(5)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -85,6 +109,8 @@ class AsyncLLM:
 
         if self.errored:
             raise EngineDeadError()
+        if self._loop is None:  # the real one starts its output task here
+            self._loop = asyncio.get_running_loop()
         if isinstance(prompt, dict) and "type" in prompt:
             processed = prompt
             self.input_processor.validate(processed)
