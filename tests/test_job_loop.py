@@ -91,12 +91,15 @@ def test_sigterm_stops_a_stalled_download_and_the_worker_exits(api, model_dirs, 
         time.sleep(0.5)  # the download is now blocked reading the silent body
         sent = time.monotonic()
         worker.proc.send_signal(signal.SIGTERM)
+        # The process ends by itself, before the 15 s read timeout (and its retries) could
+        # have; its last seconds are Python's own teardown of torch and the rest (2-10 s of
+        # one core on this 2-core machine, more under load), after the job has ended.
         _wait_exit(worker, 15)
-        took = time.monotonic() - sent
-        # Stopped at once, not after the 15 s read timeout and its retries.
-        assert took < 5, f"exit took {took:.1f} s:\n{worker.log()}"
-        post = api.results()["stalled"]
-        assert post["error"].startswith("WORKER_SHUTDOWN: "), post
+        (post,) = [p for p in api.posts if p.job_id == "stalled" and
+                   p.body.get("status") != "IN_PROGRESS"]
+        # The job was stopped at once: its result was posted right after the signal.
+        assert post.at - sent < 3, f"result posted {post.at - sent:.1f} s after SIGTERM"
+        assert post.body["error"].startswith("WORKER_SHUTDOWN: "), post.body
         assert list(work.iterdir()) == []
     finally:
         worker.close()
