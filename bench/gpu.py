@@ -268,9 +268,7 @@ class DeviceMemory:
 
     def processes(self) -> int:
         """How many processes hold a CUDA context (the two engine cores; not the front end)."""
-        if self._nvml is None:
-            return 0
-        return len(self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle))
+        return len(self.by_process())
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
