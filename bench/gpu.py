@@ -914,14 +914,18 @@ def main() -> int:
                 conc, count=args.alone if conc == 1 else None), key="jobs")
         if args.steady > 1:
             phase_if(f"steady-{top}", lambda: job_batch(top, args.steady), key="steady")
-        if "no-repair" in chosen:
-            # The same job path with the repair pass taken out (bench only): what the job rows
-            # cost where the aligner's times do not collapse, as with real weights.
+        def no_repair(prefix: str) -> None:
+            """The same job path with the repair pass taken out (bench only): what the job rows
+            cost where the aligner's times do not collapse, as with real weights."""
+            if "no-repair" not in chosen:
+                return
             with mock.patch("qwen_worker.pipeline._repair_collapsed", lambda *a, **k: None):
                 if "jobs" in chosen:
-                    phase(f"no-repair/jobs-{top}", lambda: job_batch(top))
+                    phase(f"{prefix}no-repair/jobs-{top}", lambda: job_batch(top))
                 if "steady" in chosen and args.steady > 1:
-                    phase(f"no-repair/steady-{top}", lambda: job_batch(top, args.steady))
+                    phase(f"{prefix}no-repair/steady-{top}", lambda: job_batch(top, args.steady))
+
+        no_repair("")
         phase_if("during", during)
         profile_root, gil_root = args.profile, args.profile_gil  # a folder for each variant
         for spec in args.variant:
@@ -957,6 +961,7 @@ def main() -> int:
             if args.steady > 1:
                 phase_if(f"{name}/steady-{top}", lambda: job_batch(top, args.steady),
                          key="steady")
+            no_repair(f"{name}/")
             phase_if(f"{name}/one-call", one_call, key="one-call")
             phase_if(f"{name}/engines", lambda: engine_calls(engine, "vllm"), key="engines")
             variant_env.stop()
