@@ -72,7 +72,7 @@ for _p in (ROOT / "src", ROOT / "tests", ROOT / "bench"):
         sys.path.insert(0, str(_p))
 
 SR = 16000
-CARD_GIB = 24.0  # the memory split is sized for a 24 GB card
+CARD_GIB = 24.0  # the memory split is sized for a 24 GB card (`--card` for another size)
 TOKENS_PER_SECOND = 900 / 270  # fixed output: 900 tokens per 270 s chunk, 100 per 30 s
 EOS_IDS = (151645, 151643)
 
@@ -224,6 +224,8 @@ class DeviceMemory:
         except Exception:  # noqa: BLE001 - no GPU (smoke run)
             self._nvml = None
             self.total_gib = CARD_GIB
+        self.offset = 0.0  # GiB a ballast holds (`confine`): not the worker's
+        self.excluded: set[int] = set()
         self.peak = 0.0
         self.peak_by_pid: dict[int, float] = {}
         self.busy: list[float] = []
@@ -233,7 +235,12 @@ class DeviceMemory:
     def used_gib(self) -> float:
         if self._nvml is None:
             return 0.0
-        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**30
+        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**30 - self.offset
+
+    def free_gib(self) -> float:
+        if self._nvml is None:
+            return 0.0
+        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).free / 2**30
 
     def busy_percent(self) -> float:
         """NVML's share of its last sample period in which a kernel ran (any process)."""
@@ -247,7 +254,8 @@ class DeviceMemory:
         if self._nvml is None:
             return {}
         return {p.pid: (p.usedGpuMemory or 0) / 2**30
-                for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)}
+                for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+                if p.pid not in self.excluded}
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
@@ -304,6 +312,67 @@ def engine_processes(engine: Any) -> dict[str, list[int]]:
         except AttributeError:  # the stand-in, or another vLLM layout
             pass
     return groups
+
+
+_BALLAST = """
+import sys, torch
+target = int(float(sys.argv[1]) * 2**30)
+held = []
+while True:  # allocate until only `target` bytes of the device are free
+    free, _ = torch.cuda.mem_get_info()
+    if free - target < 2**26:
+        break
+    held.append(torch.empty(min(free - target, 2**30), dtype=torch.uint8, device="cuda"))
+print(round(torch.cuda.mem_get_info()[0] / 2**30, 3), flush=True)
+sys.stdin.read()  # held until the bench ends (its end closes this pipe)
+"""
+
+
+def confine(memory: DeviceMemory, card_gib: float) -> dict[str, Any]:
+    """On a GPU larger than the card, a ballast process holds the rest of its memory, so the
+    engines find free what the card would have: its total less what its driver keeps (~0.3
+    GiB). An engine that grows past that fails as it would on the card (or its allocator frees
+    its cache and retries first: `num_alloc_retries` in `allocator`)."""
+    target = card_gib - 0.3
+    if memory.free_gib() <= target + 0.5:
+        return {}
+    before = memory.used_gib()
+    proc = subprocess.Popen([sys.executable, "-c", _BALLAST, str(target)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    free = float(proc.stdout.readline() or "nan")
+    memory.excluded.add(proc.pid)
+    memory.offset = memory.used_gib() - before
+    return {"proc": proc, "card_gib": card_gib, "free_gib": free,
+            "ballast_gib": round(memory.offset, 2)}
+
+
+def _allocator_stats(_worker: Any) -> dict[str, float]:
+    """Runs in an engine core (vLLM's collective_rpc): what its torch allocator holds, GiB.
+    NVML sees `reserved`; `allocated` is what tensors use; a gap between them is cached
+    blocks. `num_alloc_retries`: times cudaMalloc failed and the cache was freed to retry."""
+    import torch
+
+    stats = torch.cuda.memory_stats()
+    row = {name: round(stats.get(f"{key}_bytes.all.{when}", 0) / 2**30, 2)
+           for name, key, when in (("allocated_peak", "allocated", "peak"),
+                                   ("reserved_peak", "reserved", "peak"),
+                                   ("reserved_now", "reserved", "current"))}
+    row.update(retries=stats.get("num_alloc_retries", 0), ooms=stats.get("num_ooms", 0))
+    torch.cuda.reset_peak_memory_stats()
+    return row
+
+
+def allocator(engine: Any) -> dict[str, Any]:
+    """Each engine core's torch allocator since the last call (peaks reset), by engine."""
+    try:
+        import cloudpickle
+
+        fn = cloudpickle.dumps(_allocator_stats)  # vLLM's run_method takes pickled callables
+        return {f"core_{name}": engine._loop.submit(
+                    getattr(engine, f"_{name}").collective_rpc(fn)).result(60)[0]
+                for name in ("asr", "aligner")}
+    except Exception as exc:  # noqa: BLE001 - the stand-in has no engine core
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
 class CoreProfile:
@@ -502,13 +571,14 @@ def random_words(n: int, seed: int) -> str:
 
 # -- phases -----------------------------------------------------------------------------------
 
-def settings_env(asr: Path, aligner: Path, total_gib: float, backend: str, work: Path) -> dict:
+def settings_env(asr: Path, aligner: Path, total_gib: float, backend: str, work: Path,
+                 card_gib: float = CARD_GIB) -> dict:
     from qwen_worker.config import load_settings
 
     defaults = load_settings({"ASR_BACKEND": "vllm", "ASR_DEVICE": "cuda"})
-    scale = CARD_GIB / total_gib  # the fractions of a 24 GB card, on this card
+    scale = card_gib / total_gib  # the fractions of the card's memory, on this card
     return {"ASR_MODEL": str(asr), "ALIGNER_MODEL": str(aligner), "ASR_BACKEND": backend,
-            "ASR_DEVICE": "cuda" if backend == "vllm" or total_gib != CARD_GIB else "cpu",
+            "ASR_DEVICE": "cuda" if backend == "vllm" or total_gib != card_gib else "cpu",
             "VLLM_GPU_MEMORY_UTILIZATION": f"{defaults.vllm_gpu_memory_utilization * scale:.4f}",
             "VLLM_ALIGNER_GPU_MEMORY_UTILIZATION":
                 f"{defaults.vllm_aligner_gpu_memory_utilization * scale:.4f}",
@@ -632,6 +702,11 @@ def main() -> int:
     ap.add_argument("--steady", type=int, default=4,
                     help="then the jobs this many times over at the highest concurrency")
     ap.add_argument("--hour", type=float, default=3600.0, help="seconds of the long file")
+    ap.add_argument("--card", type=float, default=CARD_GIB, metavar="GIB",
+                    help="the engines' memory shares are the defaults' fractions of this card")
+    ap.add_argument("--confine", action="store_true",
+                    help="on a larger GPU, leave the engines only the card's memory (a ballast "
+                         "process holds the rest): does the worker fit the card?")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                     help="then restart the engines with these settings (the worker's env keys; "
                          "memory shares of a 24 GB card) and run the engine and job phases "
@@ -680,7 +755,7 @@ def main() -> int:
     base = args.dirs / args.size
     ensure_dirs(base, "tiny" if args.smoke else args.size, "cpu" if args.smoke else "cuda")
     work = Path(tempfile.mkdtemp(prefix="bench-work-"))
-    env = settings_env(base / "asr", base / "aligner", memory.total_gib, "vllm", work)
+    env = settings_env(base / "asr", base / "aligner", memory.total_gib, "vllm", work, args.card)
     if args.smoke:
         env.update(ASR_BACKEND="vllm", ASR_DEVICE="cpu", ASR_DTYPE="float32")
     # Engine settings from the environment win (e.g. VLLM_ENFORCE_EAGER=true for a quick run).
@@ -705,6 +780,9 @@ def main() -> int:
             traceback.print_exc()
             record(name, {"error": f"{type(exc).__name__}: {exc}"[:500]})
 
+    ballast = confine(memory, args.card) if args.confine else {}
+    if ballast:
+        record("confined", {k: v for k, v in ballast.items() if k != "proc"})
     idle_gib = memory.used_gib()
     t0 = time.perf_counter()
     engine = load_engine(settings)
@@ -716,6 +794,8 @@ def main() -> int:
     record("startup", {"ready_s": round(startup, 1), "fitness_s": round(fitness, 2),
                        "self_test": "passed" if self_test_rc == 0 else "FAILED",
                        "device_gib": round(memory.used_gib(), 2),
+                       "gib_by_engine": {k: round(v, 2) for k, v in memory.peaks(engine).items()},
+                       "allocator": allocator(engine),
                        "cuda_processes": memory.processes(),
                        "frontend_processes": settings.vllm_frontend_processes,
                        # the engine loops and the job path are CPU work: hosts differ
@@ -747,7 +827,8 @@ def main() -> int:
         check_outputs([out], "hour")
         return {"wall_s": round(wall, 2), **out["timings"], "words": len(out.get("words", [])),
                 **collapsed_spans([out]),
-                "warnings": out.get("warnings", [])[:3], "peak_gib": round(memory.peak, 2)}
+                "warnings": out.get("warnings", [])[:3], "peak_gib": round(memory.peak, 2),
+                "peak_gib_by_engine": memory.peaks(engine), "allocator": allocator(engine)}
 
     def engine_calls(which: Any, name: str) -> dict:
         """The hour's chunks through one engine's transcribe and align (700 words a chunk)."""
@@ -862,6 +943,7 @@ def main() -> int:
                 **collapsed_spans(outs),
                 "timeline": timeline(outs) if conc > 1 else {},
                 "peak_gib": round(memory.peak, 2), "peak_gib_by_engine": memory.peaks(engine),
+                "allocator": allocator(engine),
                 **usage.row, "where": where.top() if args.where else []}
 
     def during() -> dict:
@@ -895,7 +977,9 @@ def main() -> int:
                           "vs_alone": round(s / base, 2),
                           **{k: round(out["timings"][k], 3) for k in ("decode", "asr", "align")}}
                          for sent, s, out in shorts],
-                "long_s": round(long_s, 2), **usage.row}
+                "long_s": round(long_s, 2), "peak_gib": round(memory.peak, 2),
+                "peak_gib_by_engine": memory.peaks(engine), "allocator": allocator(engine),
+                **usage.row}
 
     def phase_if(name: str, run: Callable[[], dict], key: str | None = None) -> None:
         if (key or name) in chosen:
@@ -924,6 +1008,12 @@ def main() -> int:
                     phase(f"{prefix}no-repair/jobs-{top}", lambda: job_batch(top))
                 if "steady" in chosen and args.steady > 1:
                     phase(f"{prefix}no-repair/steady-{top}", lambda: job_batch(top, args.steady))
+                if "during" in chosen:  # against a job alone without the repair too
+                    kept = list(alone)
+                    alone.clear()
+                    phase(f"{prefix}no-repair/jobs-1", lambda: job_batch(1, count=args.alone or 16))
+                    phase(f"{prefix}no-repair/during", during)
+                    alone[:] = kept
 
         no_repair("")
         phase_if("during", during)
@@ -933,7 +1023,7 @@ def main() -> int:
             overrides = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
             for key in overrides:  # given as shares of a 24 GB card, as the defaults are
                 if key.endswith("GPU_MEMORY_UTILIZATION"):
-                    overrides[key] = f"{float(overrides[key]) * CARD_GIB / memory.total_gib:.4f}"
+                    overrides[key] = f"{float(overrides[key]) * args.card / memory.total_gib:.4f}"
             # Also in this environment, until the variant ends: the engine processes started
             # next inherit it (variables the worker's settings do not hold; their torch threads
             # are VLLM_ENGINE_THREADS, which overrides OMP_NUM_THREADS there unless 0).
@@ -945,12 +1035,20 @@ def main() -> int:
             released = time.perf_counter()
             while memory.used_gib() > idle_gib + 1.0 and time.perf_counter() - released < 60:
                 time.sleep(0.5)
-            settings = load_settings({**env, **overrides})
             t0 = time.perf_counter()
-            engine = load_engine(settings)
+            try:
+                settings = load_settings({**env, **overrides})
+                engine = load_engine(settings)
+            except Exception as exc:  # noqa: BLE001 - e.g. a share too small: say so, go on
+                record(f"{name}/startup", {"error": f"{type(exc).__name__}: {exc}"[:600],
+                                           "settings": overrides})
+                variant_env.stop()
+                continue  # `engine` is the one closed above (closing it again is harmless)
             record(f"{name}/startup", {"ready_s": round(time.perf_counter() - t0, 1),
                                        "settings": overrides,
-                                       "device_gib": round(memory.used_gib(), 2)})
+                                       "device_gib": round(memory.used_gib(), 2),
+                                       "gib_by_engine": memory.peaks(engine),
+                                       "allocator": allocator(engine)})
             engine.sampling_overrides = fixed_output(word_ids)
             worker = Worker(settings, engine)
             alone.clear()
@@ -976,6 +1074,9 @@ def main() -> int:
     finally:
         host.close()
         engine.close()
+        if ballast:
+            ballast["proc"].stdin.close()
+            ballast["proc"].wait(30)
     return 0
 
 if __name__ == "__main__":

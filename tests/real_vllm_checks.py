@@ -75,7 +75,8 @@ def main() -> None:
                     "runner": model.runner_type, "dtype": str(model.dtype),
                     "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
                     "max_num_seqs": config.scheduler_config.max_num_seqs,
-                    "policy": config.scheduler_config.policy}
+                    "policy": config.scheduler_config.policy,
+                    "conv_windows": model.hf_config.thinker_config.audio_config.conv_chunksize}
     processor = InputProcessor(config)
     hf = AutoProcessor.from_pretrained(asr_dir, fix_mistral_regex=True)
     audio_id = hf.tokenizer.convert_tokens_to_ids("<|audio_pad|>")
@@ -132,7 +133,9 @@ def main() -> None:
                         "step_tag_id": pooler.step_tag_id,
                         "timestamp_token_id": aligner_config.timestamp_token_id,
                         "max_model_len": al_model.max_model_len,
-                        "max_num_batched_tokens": al_config.scheduler_config.max_num_batched_tokens}
+                        "max_num_batched_tokens": al_config.scheduler_config.max_num_batched_tokens,
+                        "conv_windows":
+                            al_model.hf_config.thinker_config.audio_config.conv_chunksize}
     al_proc = InputProcessor(al_config)
     al_hf = AutoProcessor.from_pretrained(aligner_dir, fix_mistral_regex=True)
     word_list, prompt = Qwen3ForceAlignProcessor().encode_timestamp(

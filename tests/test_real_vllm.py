@@ -57,13 +57,17 @@ def test_the_workers_engine_settings_make_real_engine_configs(real):
                            "max_model_len": settings.vllm_max_model_len, "runner": "generate",
                            "dtype": "torch.bfloat16",
                            "max_num_batched_tokens": settings.vllm_max_num_batched_tokens,
-                           "max_num_seqs": settings.vllm_max_num_seqs, "policy": "priority"}
+                           "max_num_seqs": settings.vllm_max_num_seqs, "policy": "priority",
+                           # the audio encoder's pass, not the 500 windows the models ship with
+                           "conv_windows": settings.vllm_encoder_conv_windows}
+    assert settings.vllm_encoder_conv_windows == 100
     aligner = real["aligner"]
     assert aligner["architectures"] == ["Qwen3ASRForcedAlignerForTokenClassification"]
     assert aligner["runner"] == "pooling" and aligner["tok_pooling_type"] == "STEP"
     assert aligner["step_tag_id"] == aligner["timestamp_token_id"]
     assert aligner["max_model_len"] == settings.vllm_aligner_max_model_len
     assert aligner["max_num_batched_tokens"] == settings.vllm_aligner_max_num_batched_tokens
+    assert aligner["conv_windows"] == settings.vllm_encoder_conv_windows
 
 
 def test_the_workers_prompts_are_processed_as_qwen_asr_builds_them(real):

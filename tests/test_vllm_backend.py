@@ -93,7 +93,10 @@ def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, mode
     assert asr.args["max_num_batched_tokens"] >= 3900 and asr.args["max_num_seqs"] == 48
     assert asr.args["limit_mm_per_prompt"] == {"audio": 1}
     assert aligner.args["runner"] == "pooling"
-    assert aligner.args["hf_overrides"] == {"architectures": [ALIGNER_ARCHITECTURE]}
+    assert aligner.args["hf_overrides"] == {
+        "architectures": [ALIGNER_ARCHITECTURE],
+        "thinker_config": {"audio_config": {"conv_chunksize": 100}}}
+    assert asr.args["hf_overrides"] == {"thinker_config": {"audio_config": {"conv_chunksize": 100}}}
     assert aligner.args["pooler_config"].tok_pooling_type == "STEP"
     ts_id = aligner.tokenizer.convert_tokens_to_ids("<timestamp>")
     assert aligner.args["pooler_config"].step_tag_id == ts_id

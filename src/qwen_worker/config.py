@@ -69,6 +69,7 @@ class Settings:
     vllm_aligner_enforce_eager: bool
     vllm_frontend_processes: int
     vllm_engine_threads: int  # 0: OMP_NUM_THREADS as the environment has it
+    vllm_encoder_conv_windows: int  # audio-encoder windows (1 s each) per convolution pass
     max_download_bytes: int
     max_base64_bytes: int
     max_audio_seconds: float
@@ -295,6 +296,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # GPU steps; a pool of a thread per core made each op wait for threads that the front
         # end, ffmpeg and the other engine had taken (BENCHMARKS.md, run 8).
         vllm_engine_threads=_int(env, "VLLM_ENGINE_THREADS", 1, 0, 256),
+        # The audio encoder's first convolutions hold ~6 MB of activations per 1 s window; the
+        # models ship with 500 windows a pass (~3 GB in each engine, sized into its share at
+        # start-up and the largest block its allocator keeps). 100: ~0.6 GB (BENCHMARKS.md).
+        vllm_encoder_conv_windows=_int(env, "VLLM_ENCODER_CONV_WINDOWS", 100, 1, 100000),
         max_download_bytes=_int(env, "MAX_DOWNLOAD_BYTES", 2 * 1024**3, 1, 1 << 40),
         max_base64_bytes=_int(env, "MAX_BASE64_BYTES", 20 * 1024**2, 1, 1 << 32),
         max_audio_seconds=_float(env, "MAX_AUDIO_SECONDS", 6 * 3600.0, 1.0, 1e7),

@@ -58,10 +58,18 @@ WARM_UP_WORDS = 700  # a long aligner prompt (~270 s of speech)
 AUDIO_PLACEHOLDER = "<|audio_pad|>"
 
 
+def encoder_overrides(settings: Settings) -> dict[str, Any]:
+    """Config overrides both engines share: the audio encoder's convolution pass size (its
+    activations per pass are the largest block either engine allocates; config.py)."""
+    return {"thinker_config": {"audio_config": {
+        "conv_chunksize": settings.vllm_encoder_conv_windows}}}
+
+
 def asr_engine_args(settings: Settings, model: str) -> dict[str, Any]:
     """`AsyncEngineArgs` of the ASR engine."""
     return {
         "model": model,
+        "hf_overrides": encoder_overrides(settings),
         "dtype": settings.dtype,
         "gpu_memory_utilization": settings.vllm_gpu_memory_utilization,
         "max_model_len": settings.vllm_max_model_len,
@@ -85,7 +93,7 @@ def aligner_engine_args(settings: Settings, model: str, timestamp_token_id: int)
     return {
         "model": model,
         "runner": "pooling",
-        "hf_overrides": {"architectures": [ALIGNER_ARCHITECTURE]},
+        "hf_overrides": {"architectures": [ALIGNER_ARCHITECTURE], **encoder_overrides(settings)},
         "pooler_config": PoolerConfig(tok_pooling_type="STEP", step_tag_id=timestamp_token_id),
         "dtype": settings.dtype,
         "gpu_memory_utilization": settings.vllm_aligner_gpu_memory_utilization,
