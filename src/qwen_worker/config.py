@@ -270,9 +270,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dtype=dtype,
         # 300 s -> 3900 audio tokens + prompt + context + up to MAX_NEW_TOKENS output.
         vllm_max_model_len=_int(env, "VLLM_MAX_MODEL_LEN", 8192, 1024, 65536),
-        # The ASR engine's share of the card (weights, activations, KV cache). On a 24 GB card:
-        # 12 GB, of which ~8 GB KV cache (~70k tokens); the aligner takes 0.25, and the rest
-        # holds the two engine processes' CUDA contexts.
+        # The ASR engine's share of the card (weights, activations, KV cache). On an L4
+        # (22.5 GiB): 10.1 GiB, of which 7.2 GiB KV cache (67k tokens); the aligner takes 0.30,
+        # and the rest holds the engines' CUDA contexts and spare blocks (BENCHMARKS.md, run 18).
         vllm_gpu_memory_utilization=_float(env, "VLLM_GPU_MEMORY_UTILIZATION", 0.45, 0.02, 0.95),
         # One audio item must fit the encoder cache, which is this budget: >= 3900 (300 s).
         vllm_max_num_batched_tokens=_int(env, "VLLM_MAX_NUM_BATCHED_TOKENS", 16384, 1024, 1 << 20),
@@ -311,10 +311,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         work_dir=env.get("WORK_DIR", "").strip() or tempfile.gettempdir(),
         download_allow_loopback=_bool(env, "DOWNLOAD_ALLOW_LOOPBACK", False),
         log_level=log_level,
-        # 16 jobs on a GPU: on an H200 with a 24 GB card's memory split, 64 clips of 30 s (ASR
-        # and alignment) cost 74.6 GPU s per audio hour one at a time, 17.5 at 16 jobs and 13.7
-        # at 64, where a job's p50 is 6.5 s against 2.3 s at 16 (BENCHMARKS.md). Each job also
-        # holds its decoded audio in host memory (~230 MB per audio hour).
+        # 16 jobs on a GPU: on an H200 confined to an L4's memory, 64 clips of 30 s cost 50.2
+        # GPU s per audio hour one at a time, 6.67 at 16 jobs and 3.60 at 64, where a job's p50
+        # is 1.59 s against 0.88 s at 16 (BENCHMARKS.md, run 18). Each job also holds its
+        # decoded audio in host memory (~230 MB per audio hour) and its download on disk.
         max_concurrency=_int(env, "MAX_CONCURRENCY", 16 if device == "cuda" else 2, 1, 256),
         scheduler_gather_s=_int(env, "SCHEDULER_GATHER_MS", 20, 0, 10000) / 1000.0,
         # The transformers backend's scheduler only: vLLM takes every chunk as a request.
