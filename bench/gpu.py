@@ -375,6 +375,13 @@ def allocator(engine: Any) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
+def memory_row(memory: DeviceMemory, engine: Any) -> dict[str, Any]:
+    """A row's memory columns: the device's peak and each engine's since `memory.reset`
+    (NVML), and each engine's allocator since the last row."""
+    return {"peak_gib": round(memory.peak, 2), "peak_gib_by_engine": memory.peaks(engine),
+            "allocator": allocator(engine)}
+
+
 class CoreProfile:
     """py-spy (if on PATH) recording each engine core's threads and this process's during a
     phase, as raw stacks (`NAME-core_asr.txt`, `NAME-main.txt`, ...) in `out`: what the engine
@@ -784,6 +791,7 @@ def main() -> int:
     if ballast:
         record("confined", {k: v for k, v in ballast.items() if k != "proc"})
     idle_gib = memory.used_gib()
+    memory.reset()  # from here on: the engines' processes, not the one that built the dirs
     t0 = time.perf_counter()
     engine = load_engine(settings)
     startup = time.perf_counter() - t0
@@ -794,8 +802,7 @@ def main() -> int:
     record("startup", {"ready_s": round(startup, 1), "fitness_s": round(fitness, 2),
                        "self_test": "passed" if self_test_rc == 0 else "FAILED",
                        "device_gib": round(memory.used_gib(), 2),
-                       "gib_by_engine": {k: round(v, 2) for k, v in memory.peaks(engine).items()},
-                       "allocator": allocator(engine),
+                       **memory_row(memory, engine),
                        "cuda_processes": memory.processes(),
                        "frontend_processes": settings.vllm_frontend_processes,
                        # the engine loops and the job path are CPU work: hosts differ
@@ -827,8 +834,7 @@ def main() -> int:
         check_outputs([out], "hour")
         return {"wall_s": round(wall, 2), **out["timings"], "words": len(out.get("words", [])),
                 **collapsed_spans([out]),
-                "warnings": out.get("warnings", [])[:3], "peak_gib": round(memory.peak, 2),
-                "peak_gib_by_engine": memory.peaks(engine), "allocator": allocator(engine)}
+                "warnings": out.get("warnings", [])[:3], **memory_row(memory, engine)}
 
     def engine_calls(which: Any, name: str) -> dict:
         """The hour's chunks through one engine's transcribe and align (700 words a chunk)."""
@@ -942,9 +948,7 @@ def main() -> int:
                     o["timings"][k] for k in STAGES) for o in outs])), 3),
                 **collapsed_spans(outs),
                 "timeline": timeline(outs) if conc > 1 else {},
-                "peak_gib": round(memory.peak, 2), "peak_gib_by_engine": memory.peaks(engine),
-                "allocator": allocator(engine),
-                **usage.row, "where": where.top() if args.where else []}
+                **memory_row(memory, engine), **usage.row, "where": where.top() if args.where else []}
 
     def during() -> dict:
         """Short jobs sent while a 1 h job runs, one after another, each at its offset
@@ -977,9 +981,7 @@ def main() -> int:
                           "vs_alone": round(s / base, 2),
                           **{k: round(out["timings"][k], 3) for k in ("decode", "asr", "align")}}
                          for sent, s, out in shorts],
-                "long_s": round(long_s, 2), "peak_gib": round(memory.peak, 2),
-                "peak_gib_by_engine": memory.peaks(engine), "allocator": allocator(engine),
-                **usage.row}
+                "long_s": round(long_s, 2), **memory_row(memory, engine), **usage.row}
 
     def phase_if(name: str, run: Callable[[], dict], key: str | None = None) -> None:
         if (key or name) in chosen:
@@ -1047,8 +1049,7 @@ def main() -> int:
             record(f"{name}/startup", {"ready_s": round(time.perf_counter() - t0, 1),
                                        "settings": overrides,
                                        "device_gib": round(memory.used_gib(), 2),
-                                       "gib_by_engine": memory.peaks(engine),
-                                       "allocator": allocator(engine)})
+                                       **memory_row(memory, engine)})
             engine.sampling_overrides = fixed_output(word_ids)
             worker = Worker(settings, engine)
             alone.clear()
