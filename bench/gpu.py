@@ -956,6 +956,7 @@ def main() -> int:
         short job lands in the hour (its prefill, its decoding, its alignment) matters."""
         memory.reset()
         shorts: list[tuple[float, float, dict]] = []
+        pauses = engine.asr_pause.pauses if hasattr(engine, "asr_pause") else 0
         with ThreadPoolExecutor(2) as pool, Usage(engine, memory) as usage:
             t_long = time.perf_counter()
             long_future = pool.submit(worker.handle, {"id": "hour-2", "input": {
@@ -981,7 +982,11 @@ def main() -> int:
                           "vs_alone": round(s / base, 2),
                           **{k: round(out["timings"][k], 3) for k in ("decode", "asr", "align")}}
                          for sent, s, out in shorts],
-                "long_s": round(long_s, 2), **memory_row(memory, engine), **usage.row}
+                "long_s": round(long_s, 2),
+                # the ASR engine's pauses for the short jobs' alignment (vllm_engine.AsrPause)
+                "asr_pauses": (engine.asr_pause.pauses - pauses
+                               if hasattr(engine, "asr_pause") else None),
+                **memory_row(memory, engine), **usage.row}
 
     def phase_if(name: str, run: Callable[[], dict], key: str | None = None) -> None:
         if (key or name) in chosen:

@@ -27,9 +27,14 @@ SR = 16000
 
 
 def surface() -> dict:
+    import typing
+
+    from signatures import parameters
     from vllm import AsyncEngineArgs, PoolingParams, SamplingParams
     from vllm.config import PoolerConfig
     from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine import PauseMode
+    from vllm.v1.engine.async_llm import AsyncLLM
 
     return {
         "vllm": vllm.__version__,
@@ -38,7 +43,27 @@ def surface() -> dict:
         "PoolingParams": list(PoolingParams.__struct_fields__),
         "PoolerConfig": sorted(f.name for f in dataclasses.fields(PoolerConfig) if f.init),
         "RequestOutputKind": [k.name for k in RequestOutputKind],
+        "PauseMode": list(typing.get_args(PauseMode)),
+        "AsyncLLM": {name: parameters(getattr(AsyncLLM, name))
+                     for name in ("pause_generation", "resume_generation")},
     }
+
+
+def paused_scheduler() -> dict:
+    """What the engine core's scheduler counts as work in each pause state, with two requests
+    waiting and one running: the engine steps only while that is above 0, and a pause returns
+    once it is 0 (AsrPause relies on "keep": nothing stepped, nothing dropped)."""
+    from vllm.v1.core.sched.interface import PauseState
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    counts = {}
+    for state in PauseState:
+        scheduler = Scheduler.__new__(Scheduler)  # the counting alone: no KV cache behind it
+        scheduler.waiting, scheduler.skipped_waiting = ["w1", "w2"], []
+        scheduler.running, scheduler.num_waiting_for_streaming_input = ["r1"], 0
+        scheduler._pause_state = state
+        counts[state.name] = scheduler.get_num_unfinished_requests()
+    return counts
 
 
 def refusal(run) -> str | None:
@@ -159,6 +184,7 @@ def main() -> None:
     found["frontend"] = front_end(processor, config, params, al_proc, al_config, prompt)
     found["reuse"] = reuse(processor, params, al_proc, aligner_dir)
     found["shutdown"] = shutdown_report()
+    found["paused_scheduler"] = paused_scheduler()
     Path(out_path).write_text(json.dumps(found, indent=1))
 
 

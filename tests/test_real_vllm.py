@@ -22,6 +22,7 @@ import pytest
 
 from qwen_worker.config import load_settings
 from qwen_worker.prompts import asr_prompt
+from signatures import parameters
 
 HERE = Path(__file__).parent
 SR = 16000
@@ -159,6 +160,9 @@ def test_the_stand_in_has_the_real_surface_and_refusals(real, model_dirs, monkey
             real["refusals"]["max_model_len"]
         assert refusal(asr_prompt("", None), [np.zeros(SR, np.float32)] * 2) == \
             real["refusals"]["two_audios"]
+        for name, real_parameters in real["surface"]["AsyncLLM"].items():
+            assert parameters(getattr(AsyncLLM, name)) == real_parameters, name
+        assert "keep" in real["surface"]["PauseMode"]
     finally:
         for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
             del sys.modules[name]
@@ -168,3 +172,11 @@ def test_the_engine_failure_hidden_at_close_is_the_one_vllms_shutdown_order_caus
     # AsyncLLM's module logger is the one the worker filters while closing, its output task
     # logs exactly the filtered message, and its shutdown stops the core before that task.
     assert real["shutdown"] == {"logger": True, "reports": True, "core_before_task": True}
+
+
+def test_a_kept_pause_steps_nothing_and_drops_nothing(real):
+    # The ASR engine's pause for a shorter call's alignment (vllm_engine.AsrPause) uses mode
+    # "keep": the scheduler then counts no work (the engine core stops stepping, and the pause
+    # returns), while its waiting and running requests stay; "abort" would fail the longer
+    # jobs, and PAUSED_NEW would keep stepping the running ones.
+    assert real["paused_scheduler"] == {"UNPAUSED": 3, "PAUSED_NEW": 1, "PAUSED_ALL": 0}

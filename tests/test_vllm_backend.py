@@ -7,6 +7,7 @@ parsing, aligner word splitting) and the generated tiny models are used througho
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import logging
@@ -688,3 +689,159 @@ def test_a_dead_front_end_process_fails_jobs_with_refresh(fake_vllm, model_dirs,
     assert out["error_code"] == "ENGINE_ERROR" and out["refresh_worker"] is True
     assert worker.handle(job)["refresh_worker"] is True
     assert fake_vllm.ACTIVE == set()
+
+
+# -- a shorter call's alignment pauses the ASR engine (vllm_engine.AsrPause) ------------------
+
+def _long_asr(fake_vllm, monkeypatch, engine, seconds: float = 120.0):
+    """A long call's ASR running in a thread (two chunks, a word per 2 s of audio, 10 ms a
+    token): returns the thread and where its outputs land."""
+    vocabulary = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima "
+                  "mike november oscar papa quebec romeo sierra tango").split()
+    rng = np.random.default_rng(0)  # words that never repeat in a pattern (no loop repair)
+    monkeypatch.setattr(fake_vllm, "SCRIPT", lambda s: "language English<asr_text>" + " ".join(
+        rng.choice(vocabulary, max(1, int(s / 2)))))
+    monkeypatch.setattr(fake_vllm, "STEP_SECONDS", 0.01)
+    outs: list = []
+    chunks = [np.zeros(int(seconds * SECOND), np.float32)] * 2
+    thread = threading.Thread(target=lambda: outs.extend(
+        engine.transcribe(chunks, [None] * 2, [""] * 2)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(fake_vllm.ACTIVE) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(fake_vllm.ACTIVE) == 2
+    return thread, outs
+
+
+def _slow_aligner(aligner, monkeypatch, seconds: float) -> None:
+    """Each aligner request takes `seconds` on the engine (the stand-in's takes one step)."""
+    real_encode = aligner.encode
+
+    async def slow(*args, **kwargs):
+        await asyncio.sleep(seconds)
+        async for out in real_encode(*args, **kwargs):
+            yield out
+
+    monkeypatch.setattr(aligner, "encode", slow)
+
+
+def _align_short(engine, seconds: float = 10.0):
+    return engine.align([np.zeros(int(seconds * SECOND), np.float32)], ["hello there world"],
+                        ["English"])
+
+
+def test_a_shorter_calls_alignment_pauses_the_longer_calls_asr(fake_vllm, model_dirs,
+                                                               monkeypatch):
+    """The two engines share one GPU: while a 10 s call is aligned, the ASR engine, which runs
+    only a 240 s call's chunks, is paused with its requests kept ("keep", caches kept), and is
+    resumed when the alignment ends; the long call then finishes with all of its words."""
+    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
+    asr, aligner = _engines(fake_vllm)
+    _slow_aligner(aligner, monkeypatch, 0.3)
+    long_call, outs = _long_asr(fake_vllm, monkeypatch, engine)
+    started = time.monotonic()
+    (words,) = _align_short(engine)
+    ended = time.monotonic()
+    assert [w.text for w in words] == ["hello", "there", "world"]
+    (pause, resume) = asr.pause_log
+    assert pause[:3] == ("pause", "keep", False) and resume[0] == "resume"
+    assert started <= pause[3] < started + 0.1 and pause[3] + 0.3 <= resume[1] <= ended
+    # No step of the long call ran while paused (one already under way may end just after).
+    assert not [t for _, t in asr.steps if pause[3] + 0.05 < t < resume[1]]
+    long_call.join(30)
+    assert [t for _, t in asr.steps if t > resume[1]]  # and it went on after
+    assert [len(out.text.split()) for out in outs] == [60, 60]
+    assert asr._unpaused.is_set() and fake_vllm.ACTIVE == set()
+
+
+@pytest.mark.parametrize("case", ["same length", "asr idle", "setting off"])
+def test_alignment_does_not_pause_asr_of_calls_as_short(fake_vllm, model_dirs, monkeypatch, case):
+    """No pause when the ASR engine runs a call as short as the one aligned (64 clips of 30 s
+    batch together), when it runs nothing, or with VLLM_ALIGN_PAUSES_LONGER_ASR=false."""
+    env = {"VLLM_ALIGN_PAUSES_LONGER_ASR": "false"} if case == "setting off" else {}
+    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048", **env))
+    asr, aligner = _engines(fake_vllm)
+    _slow_aligner(aligner, monkeypatch, 0.1)
+    thread = None
+    if case != "asr idle":
+        thread, _ = _long_asr(fake_vllm, monkeypatch, engine,
+                              seconds=5.0 if case == "same length" else 120.0)
+    _align_short(engine, seconds=10.0)  # the same rank as two 5 s chunks
+    if thread is not None:
+        thread.join(30)
+    assert asr.pause_log == []
+
+
+def test_longer_calls_keep_at_least_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch):
+    """Short calls aligned back to back do not hold the ASR engine paused: a pause starts only
+    after the ASR engine has run as long as the last pause lasted."""
+    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
+    asr, aligner = _engines(fake_vllm)
+    _slow_aligner(aligner, monkeypatch, 0.2)
+    long_call, outs = _long_asr(fake_vllm, monkeypatch, engine, seconds=200.0)
+    _align_short(engine)
+    _align_short(engine)  # at once: the ASR engine has not yet run for 0.2 s
+    assert [e[0] for e in asr.pause_log] == ["pause", "resume"]
+    time.sleep(0.25)
+    _align_short(engine)
+    assert [e[0] for e in asr.pause_log] == ["pause", "resume", "pause", "resume"]
+    long_call.join(30)
+    assert [len(out.text.split()) for out in outs] == [100, 100]
+
+
+def test_a_stopped_jobs_alignment_still_resumes_the_asr(fake_vllm, model_dirs, monkeypatch):
+    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
+    asr, aligner = _engines(fake_vllm)
+    _slow_aligner(aligner, monkeypatch, 5.0)
+    long_call, outs = _long_asr(fake_vllm, monkeypatch, engine)
+    scope = JobScope("stopped")
+    outcome: dict = {}
+
+    def job():
+        try:
+            with LIFETIME.job(scope):
+                _align_short(engine)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome["raised"] = exc
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not asr.pause_log and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scope.stop(JobCancelled)
+    thread.join(5)
+    assert isinstance(outcome.get("raised"), JobCancelled)
+    deadline = time.monotonic() + 2
+    while len(asr.pause_log) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [e[0] for e in asr.pause_log] == ["pause", "resume"]
+    long_call.join(30)
+    assert [len(out.text.split()) for out in outs] == [60, 60]
+    assert fake_vllm.ACTIVE == set()
+
+
+def test_an_asr_engine_that_cannot_be_resumed_fails_jobs_with_refresh(fake_vllm, model_dirs,
+                                                                      monkeypatch):
+    """Left paused, the ASR engine would hold every later job's requests for good: the
+    alignment that paused it fails as a fatal engine error, and so does every later call."""
+    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
+    asr, aligner = _engines(fake_vllm)
+    _slow_aligner(aligner, monkeypatch, 0.05)
+    long_call, _ = _long_asr(fake_vllm, monkeypatch, engine)
+
+    async def refused():
+        raise RuntimeError("the engine core did not answer")
+
+    monkeypatch.setattr(asr, "resume_generation", refused)
+    try:
+        with pytest.raises(EngineError) as failed:
+            _align_short(engine)
+        assert is_fatal_gpu_error(failed.value)
+        with pytest.raises(RuntimeError) as later:
+            engine.transcribe([np.zeros(SECOND, np.float32)], [None], [""])
+        assert is_fatal_gpu_error(later.value)
+    finally:
+        engine._loop.loop.call_soon_threadsafe(asr._unpaused.set)  # the long call may end
+        long_call.join(30)

@@ -70,6 +70,7 @@ class Settings:
     vllm_frontend_processes: int
     vllm_engine_threads: int  # 0: OMP_NUM_THREADS as the environment has it
     vllm_encoder_conv_windows: int  # audio-encoder windows (1 s each) per convolution pass
+    vllm_align_pauses_longer_asr: bool  # a shorter call's alignment pauses longer calls' ASR
     max_download_bytes: int
     max_base64_bytes: int
     max_audio_seconds: float
@@ -300,6 +301,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # models ship with 500 windows a pass (~3 GB in each engine, sized into its share at
         # start-up and the largest block its allocator keeps). 100: ~0.6 GB (BENCHMARKS.md).
         vllm_encoder_conv_windows=_int(env, "VLLM_ENCODER_CONV_WINDOWS", 100, 1, 100000),
+        # The two engines time-slice one GPU: a 30 s job's alignment took 2-2.5x its time alone
+        # while an hour-long file decoded. Pausing the ASR engine while a call shorter than all
+        # it runs is aligned gives the aligner the GPU (vllm_engine.AsrPause; BENCHMARKS.md).
+        vllm_align_pauses_longer_asr=_bool(env, "VLLM_ALIGN_PAUSES_LONGER_ASR", True),
         max_download_bytes=_int(env, "MAX_DOWNLOAD_BYTES", 2 * 1024**3, 1, 1 << 40),
         max_base64_bytes=_int(env, "MAX_BASE64_BYTES", 20 * 1024**2, 1, 1 << 32),
         max_audio_seconds=_float(env, "MAX_AUDIO_SECONDS", 6 * 3600.0, 1.0, 1e7),

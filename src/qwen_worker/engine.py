@@ -79,9 +79,14 @@ class Engine(Protocol):
         ...
 
 
+class FatalEngineError(EngineError):
+    """The engine cannot serve another job (the worker is replaced)."""
+
+
 # Exception names and messages after which the GPU or the engine cannot be trusted again.
 # BrokenProcessPool: a vLLM front-end process died (frontend.py); the pool cannot recover.
-_FATAL_NAMES = ("EngineDeadError", "OutOfMemoryError", "AcceleratorError", "BrokenProcessPool")
+_FATAL_NAMES = ("EngineDeadError", "OutOfMemoryError", "AcceleratorError", "BrokenProcessPool",
+                "FatalEngineError")
 _FATAL_TEXT = ("CUDA error", "CUDA out of memory", "cuDNN error", "CUBLAS_STATUS",
                "device-side assert", "NCCL error")
 

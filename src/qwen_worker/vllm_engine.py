@@ -7,6 +7,8 @@ is one request, and the requests of all running jobs join the batch the engine i
 its next step (continuous batching): no job waits for another job's call to end, and no
 gathering delay is added. The engines schedule by priority, shorter calls first (a call's
 audio seconds): a 30 s job or a repair is not queued behind the chunks of an hour-long file.
+The two engine processes time-slice one GPU, so a call's alignment also pauses the ASR engine
+while all it runs belongs to longer calls (`AsrPause`).
 vLLM's input processing runs in a pool of processes (`frontend`); one event-loop thread owns
 both engines; job threads call `transcribe` and `align` and wait for their own requests.
 Stopping a job (RunPod's cancel, SIGTERM) aborts its requests; a dead engine or front end
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -29,17 +32,19 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Coroutine, Iterator, Sequence, TypeVar
+from typing import (Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence,
+                    TypeVar)
 
 import numpy as np
 
 from .config import MAX_CHUNK_AUDIO_TOKENS, Settings
 from .decode import SAMPLE_RATE
-from .engine import (AlignedToken, AsrOutput, EngineError, is_fatal_gpu_error, padded,
-                     read_asr_output)
+from .engine import (AlignedToken, AsrOutput, EngineError, FatalEngineError,
+                     is_fatal_gpu_error, padded, read_asr_output)
 from .frontend import FrontEnd
 from .languages import ALIGNER_LANGUAGES
 from .lifecycle import wait_in_job
@@ -222,6 +227,81 @@ async def _all(awaitables: list[Awaitable[T]]) -> list[T]:
         raise
 
 
+class AsrPause:
+    """The ASR engine pauses while a shorter call is aligned.
+
+    The two engines are two processes on one GPU, which the driver time-slices between them:
+    while an hour-long file decodes, a 30 s job's alignment took 2-2.5x its time alone
+    (BENCHMARKS.md). When a call is aligned and every request the ASR engine runs belongs to a
+    longer call (its priority, audio seconds, is higher), vLLM's scheduler is paused with its
+    requests kept ("keep": no step runs, their KV cache stays) until that alignment ends. A
+    paused ASR engine queues new requests. Only one call pauses at a time, and a pause starts
+    only once the ASR engine has run for as long as the last pause lasted: longer calls keep at
+    least half the GPU however many short ones arrive. Runs on the engines' loop thread only.
+    """
+
+    def __init__(self, asr: Any, enabled: bool):
+        self._asr = asr
+        self.enabled = enabled
+        self._ranks: collections.Counter[int] = collections.Counter()  # ASR requests in flight
+        self._paused = False  # from the pause's start until its resume was answered
+        self._resumed_at = 0.0
+        self._last_pause_s = 0.0
+        self._ending: asyncio.Task | None = None  # the resume, shielded from cancellation
+        self.failed: BaseException | None = None  # a resume that failed: the engine is unusable
+        self.pauses = 0
+
+    @contextlib.contextmanager
+    def running(self, rank: int) -> Iterator[None]:
+        """Around one ASR request: its rank counts while it is in the engine."""
+        self._ranks[rank] += 1
+        try:
+            yield
+        finally:
+            self._ranks[rank] -= 1
+            if not self._ranks[rank]:
+                del self._ranks[rank]
+
+    def _due(self, rank: int) -> bool:
+        return (self.enabled and not self._paused and bool(self._ranks)
+                and rank < min(self._ranks)
+                and time.monotonic() - self._resumed_at >= self._last_pause_s)
+
+    @contextlib.asynccontextmanager
+    async def aligning(self, rank: int) -> AsyncIterator[None]:
+        """Around one call's aligner requests. The pause is sent alongside them, not before:
+        the alignment starts at once, and the ASR engine stops after its current step."""
+        if not self._due(rank):
+            yield
+            return
+        self._paused = True
+        self.pauses += 1
+        started = time.monotonic()
+        pause = asyncio.ensure_future(self._asr.pause_generation(mode="keep", clear_cache=False))
+        try:
+            yield
+        finally:
+            # Shielded: a stopped job's cancellation must not leave the ASR engine paused.
+            self._ending = asyncio.ensure_future(self._resume(pause, started))
+            await asyncio.shield(self._ending)
+
+    async def _resume(self, pause: "asyncio.Future[None]", started: float) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await pause  # resumed after the pause was taken, never before it
+            await self._asr.resume_generation()
+        except BaseException as exc:
+            # Left paused, it would hold every later job's ASR requests for good.
+            self.failed = FatalEngineError(
+                f"the ASR engine could not be resumed after a pause: {exc!r}")
+            log.error("%s; failing this and every later job", self.failed)
+            raise self.failed from exc
+        finally:
+            self._last_pause_s = time.monotonic() - started
+            self._resumed_at = time.monotonic()
+            self._paused = False
+
+
 class VllmEngine:
     """The `Engine` over two AsyncLLM engines. Thread-safe: jobs call it directly."""
 
@@ -231,11 +311,12 @@ class VllmEngine:
     def __init__(self, asr: Any, aligner: Any, *, front: FrontEnd, tokenizer: Any,
                  aligner_tokenizer: Any, aligner_config: AlignerConfig, asr_model: str,
                  aligner_model: str, max_new_tokens: int, max_context_tokens: int,
-                 loop: _LoopThread | None = None):
+                 align_pauses_longer_asr: bool = True, loop: _LoopThread | None = None):
         from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
 
         self._asr = asr
         self._aligner = aligner
+        self.asr_pause = AsrPause(asr, align_pauses_longer_asr)
         self._front = front
         self._loop = loop or _LoopThread()
         self._tokenizer = tokenizer
@@ -306,8 +387,13 @@ class VllmEngine:
             for n, prepared in zip(unknown, made):
                 inputs[n] = prepared
         params = [self._pooling(chunks[i].shape[0]) for i in todo]
-        rows = self._run(lambda: _all([self._encode(rid, inp, rank, p)
-                                       for rid, inp, p in zip(ids, inputs, params)]))
+
+        async def encode_all() -> list[Any]:
+            async with self.asr_pause.aligning(rank):
+                return await _all([self._encode(rid, inp, rank, p)
+                                   for rid, inp, p in zip(ids, inputs, params)])
+
+        rows = self._run(encode_all)
         out: list[list[AlignedToken]] = [[] for _ in chunks]
         for i, pooled in zip(todo, rows):
             out[i] = self._timestamps(encoded[i][0], pooled)
@@ -444,8 +530,9 @@ class VllmEngine:
     async def _generate(self, request_id: str, prompt: dict[str, Any], params: Any,
                         rank: int) -> Any:
         final = None
-        async for output in self._asr.generate(prompt, params, request_id, priority=rank):
-            final = output
+        with self.asr_pause.running(rank):
+            async for output in self._asr.generate(prompt, params, request_id, priority=rank):
+                final = output
         if final is None or not final.finished:
             raise EngineError("the ASR engine ended a request without its output")
         return final
@@ -482,6 +569,8 @@ class VllmEngine:
             raise
 
     def _check_alive(self) -> None:
+        if self._fatal is None and self.asr_pause.failed is not None:
+            self._fatal = self.asr_pause.failed
         if self._fatal is not None:
             raise RuntimeError("the vLLM engine failed earlier with a fatal error") \
                 from self._fatal
@@ -579,7 +668,8 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
                         aligner_config=aligner_config, asr_model=settings.asr_model,
                         aligner_model=settings.aligner_model,
                         max_new_tokens=settings.max_new_tokens,
-                        max_context_tokens=settings.max_context_tokens)
+                        max_context_tokens=settings.max_context_tokens,
+                        align_pauses_longer_asr=settings.vllm_align_pauses_longer_asr)
     atexit.register(engine.close)
     check_native_classes()  # after qwen-asr's import (VllmEngine's) had its chance
     engine.warm_up()

@@ -22,6 +22,10 @@ checks that `surface.json` here is the real package's surface). It runs no model
 * `abort(request_id)` ends a running request with finish_reason "abort"; a cancelled
   `generate`/`encode` aborts its request, as the real one does. ACTIVE holds the requests
   in flight, so tests can see that nothing is left behind.
+* `pause_generation(mode="keep", clear_cache=...)` stops stepping every request, which stay
+  in the engine, until `resume_generation()` (`pause_log` records both, `steps` each step's
+  end); mode "abort" aborts them first; an unknown mode is refused with the engine core's
+  words; "wait" (drain first) is not mirrored (NotImplementedError).
 * `KILL` (set by a test) makes the engine die at its next step: every running and later
   request raises EngineDeadError, as after a CUDA error in the engine process.
 * `shutdown()` after requests ran: the output task logs "AsyncLLM output_handler failed."

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, AsyncGenerator
 
@@ -48,6 +49,11 @@ class AsyncLLM:
         self.closed = False
         self._abort: set[str] = set()
         self._in_flight: dict[str, str] = {}  # audio item name -> request id
+        # pause_generation(mode="keep") .. resume_generation: no step runs, requests stay.
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
+        self.pause_log: list[tuple] = []  # ("pause", mode, clear_cache, t) / ("resume", t)
+        self.steps: list[tuple[str, float]] = []  # (request id, when its step ended)
         # The real engine-core process is spawned here and inherits this environment.
         self.spawn_env = dict(os.environ)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,7 +95,9 @@ class AsyncLLM:
             self._check_alive()
             if request_id in self._abort:
                 return done
+            await self._unpaused.wait()
             await asyncio.sleep(STEP_SECONDS)
+            self.steps.append((request_id, time.monotonic()))
         self._check_alive()
         return n
 
@@ -217,6 +225,33 @@ class AsyncLLM:
         for j in range(n):
             rows[j, min(last, int(j * last / max(1, n)))] = 0.9
         return rows
+
+    async def pause_generation(self, *, mode: str = "abort",
+                               wait_for_inflight_requests: bool | None = None,
+                               clear_cache: bool = True) -> None:
+        """0.22.0's modes: "keep" freezes every request (none is stepped, none is lost) until
+        resume_generation; "abort" aborts them all first. "wait" (drain, then pause) is not
+        mirrored here."""
+        if mode not in ("keep", "abort", "wait"):
+            raise ValueError(f"Invalid pause mode: {mode}")
+        if mode == "wait" or wait_for_inflight_requests:
+            raise NotImplementedError("the stand-in mirrors the 'keep' and 'abort' modes only")
+        self._check_alive()
+        if mode == "abort":
+            from ... import ACTIVE
+
+            self._abort.update(rid for rid in ACTIVE if rid in self._in_flight.values())
+        self._unpaused.clear()
+        self.pause_log.append(("pause", mode, clear_cache, time.monotonic()))
+        await asyncio.sleep(0)
+
+    async def resume_generation(self) -> None:
+        self._check_alive()
+        self._unpaused.set()
+        self.pause_log.append(("resume", time.monotonic()))
+
+    async def is_paused(self) -> bool:
+        return not self._unpaused.is_set()
 
     async def abort(self, request_id: str | list[str], internal: bool = False) -> None:
         from ... import ACTIVE
