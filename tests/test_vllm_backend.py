@@ -693,14 +693,14 @@ def test_a_dead_front_end_process_fails_jobs_with_refresh(fake_vllm, model_dirs,
 
 # -- a shorter call's alignment pauses the ASR engine (vllm_engine.AsrPause) ------------------
 
-def _long_asr(fake_vllm, monkeypatch, engine, seconds: float = 120.0):
+def _long_asr(fake_vllm, monkeypatch, engine, seconds: float = 120.0, words_per_s: float = 0.5):
     """A long call's ASR running in a thread (two chunks, a word per 2 s of audio, 10 ms a
     token): returns the thread and where its outputs land."""
     vocabulary = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima "
                   "mike november oscar papa quebec romeo sierra tango").split()
     rng = np.random.default_rng(0)  # words that never repeat in a pattern (no loop repair)
     monkeypatch.setattr(fake_vllm, "SCRIPT", lambda s: "language English<asr_text>" + " ".join(
-        rng.choice(vocabulary, max(1, int(s / 2)))))
+        rng.choice(vocabulary, max(1, int(s * words_per_s)))))
     monkeypatch.setattr(fake_vllm, "STEP_SECONDS", 0.01)
     outs: list = []
     chunks = [np.zeros(int(seconds * SECOND), np.float32)] * 2
@@ -755,39 +755,48 @@ def test_a_shorter_calls_alignment_pauses_the_longer_calls_asr(fake_vllm, model_
     assert asr._unpaused.is_set() and fake_vllm.ACTIVE == set()
 
 
-@pytest.mark.parametrize("case", ["same length", "asr idle", "setting off"])
-def test_alignment_does_not_pause_asr_of_calls_as_short(fake_vllm, model_dirs, monkeypatch, case):
-    """No pause when the ASR engine runs a call as short as the one aligned (64 clips of 30 s
-    batch together), when it runs nothing, or with VLLM_ALIGN_PAUSES_LONGER_ASR=false."""
-    env = {"VLLM_ALIGN_PAUSES_LONGER_ASR": "false"} if case == "setting off" else {}
-    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048", **env))
+@pytest.mark.parametrize("setting", ["true", "false"])
+def test_alignment_does_not_pause_asr_of_calls_as_short(fake_vllm, model_dirs, monkeypatch,
+                                                        setting):
+    """No pause when the ASR engine runs nothing, or a call as short as the one aligned (64
+    clips of 30 s batch together); none at all with VLLM_ALIGN_PAUSES_LONGER_ASR=false."""
+    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048",
+                                   VLLM_ALIGN_PAUSES_LONGER_ASR=setting))
     asr, aligner = _engines(fake_vllm)
     _slow_aligner(aligner, monkeypatch, 0.1)
-    thread = None
-    if case != "asr idle":
-        thread, _ = _long_asr(fake_vllm, monkeypatch, engine,
-                              seconds=5.0 if case == "same length" else 120.0)
-    _align_short(engine, seconds=10.0)  # the same rank as two 5 s chunks
-    if thread is not None:
-        thread.join(30)
+    _align_short(engine, seconds=10.0)  # the ASR engine idle
+    assert asr.pause_log == []
+    # Two 5 s chunks of 50 words: the same rank as the 10 s call aligned (a 120 s call with the
+    # setting off).
+    if setting == "true":
+        thread, _ = _long_asr(fake_vllm, monkeypatch, engine, seconds=5.0, words_per_s=10)
+    else:
+        thread, _ = _long_asr(fake_vllm, monkeypatch, engine)
+    _align_short(engine, seconds=10.0)
+    assert fake_vllm.ACTIVE  # aligned while the ASR ran
+    thread.join(30)
     assert asr.pause_log == []
 
 
-def test_longer_calls_keep_at_least_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch):
+def test_longer_calls_keep_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch):
     """Short calls aligned back to back do not hold the ASR engine paused: a pause starts only
-    after the ASR engine has run as long as the last pause lasted."""
+    while the pauses of the last second took less than half of it."""
+    from qwen_worker.vllm_engine import PAUSE_WINDOW_S
+
+    assert PAUSE_WINDOW_S == 1.0
     engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
     asr, aligner = _engines(fake_vllm)
     _slow_aligner(aligner, monkeypatch, 0.2)
-    long_call, outs = _long_asr(fake_vllm, monkeypatch, engine, seconds=200.0)
+    long_call, outs = _long_asr(fake_vllm, monkeypatch, engine, seconds=300.0)
+    for _ in range(4):  # paused 0, 0.2, 0.4, then 0.6 s of the last second
+        _align_short(engine)
+    assert [e[0] for e in asr.pause_log] == ["pause", "resume"] * 3
+    time.sleep(1.1)  # the three pauses are more than a second old
     _align_short(engine)
-    _align_short(engine)  # at once: the ASR engine has not yet run for 0.2 s
-    assert [e[0] for e in asr.pause_log] == ["pause", "resume"]
-    time.sleep(0.25)
-    _align_short(engine)
-    assert [e[0] for e in asr.pause_log] == ["pause", "resume", "pause", "resume"]
+    assert [e[0] for e in asr.pause_log] == ["pause", "resume"] * 4
+    assert fake_vllm.ACTIVE  # the long call ran throughout
     long_call.join(30)
-    assert [len(out.text.split()) for out in outs] == [100, 100]
+    assert [len(out.text.split()) for out in outs] == [150, 150]
 
 
 def test_a_stopped_jobs_alignment_still_resumes_the_asr(fake_vllm, model_dirs, monkeypatch):

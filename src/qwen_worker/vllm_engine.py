@@ -61,6 +61,8 @@ ALIGNER_ARCHITECTURE = "Qwen3ASRForcedAlignerForTokenClassification"
 WARM_UP_SECONDS = MAX_CHUNK_AUDIO_TOKENS / 13  # the longest chunk: 300 s
 WARM_UP_WORDS = 700  # a long aligner prompt (~270 s of speech)
 AUDIO_PLACEHOLDER = "<|audio_pad|>"
+# A shorter call's alignment pauses the ASR engine for at most half of any such window (AsrPause).
+PAUSE_WINDOW_S = 1.0
 
 
 def encoder_overrides(settings: Settings) -> dict[str, Any]:
@@ -235,9 +237,9 @@ class AsrPause:
     (BENCHMARKS.md). When a call is aligned and every request the ASR engine runs belongs to a
     longer call (its priority, audio seconds, is higher), vLLM's scheduler is paused with its
     requests kept ("keep": no step runs, their KV cache stays) until that alignment ends. A
-    paused ASR engine queues new requests. Only one call pauses at a time, and a pause starts
-    only once the ASR engine has run for as long as the last pause lasted: longer calls keep at
-    least half the GPU however many short ones arrive. Runs on the engines' loop thread only.
+    paused ASR engine queues new requests. One call pauses at a time, and a pause starts only
+    while the pauses of the last `PAUSE_WINDOW_S` took less than half of it: longer calls keep
+    about half the GPU however many short ones arrive. Runs on the engines' loop thread only.
     """
 
     def __init__(self, asr: Any, enabled: bool):
@@ -245,8 +247,7 @@ class AsrPause:
         self.enabled = enabled
         self._ranks: collections.Counter[int] = collections.Counter()  # ASR requests in flight
         self._paused = False  # from the pause's start until its resume was answered
-        self._resumed_at = 0.0
-        self._last_pause_s = 0.0
+        self._recent: collections.deque[tuple[float, float]] = collections.deque()  # (from, to)
         self._ending: asyncio.Task | None = None  # the resume, shielded from cancellation
         self.failed: BaseException | None = None  # a resume that failed: the engine is unusable
         self.pauses = 0
@@ -262,10 +263,17 @@ class AsrPause:
             if not self._ranks[rank]:
                 del self._ranks[rank]
 
+    def _paused_lately(self, now: float) -> float:
+        """Seconds the ASR engine was paused within the last PAUSE_WINDOW_S."""
+        since = now - PAUSE_WINDOW_S
+        while self._recent and self._recent[0][1] <= since:
+            self._recent.popleft()
+        return sum(end - max(start, since) for start, end in self._recent)
+
     def _due(self, rank: int) -> bool:
         return (self.enabled and not self._paused and bool(self._ranks)
                 and rank < min(self._ranks)
-                and time.monotonic() - self._resumed_at >= self._last_pause_s)
+                and self._paused_lately(time.monotonic()) < PAUSE_WINDOW_S / 2)
 
     @contextlib.asynccontextmanager
     async def aligning(self, rank: int) -> AsyncIterator[None]:
@@ -297,8 +305,7 @@ class AsrPause:
             log.error("%s; failing this and every later job", self.failed)
             raise self.failed from exc
         finally:
-            self._last_pause_s = time.monotonic() - started
-            self._resumed_at = time.monotonic()
+            self._recent.append((started, time.monotonic()))
             self._paused = False
 
 
