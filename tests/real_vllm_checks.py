@@ -50,20 +50,36 @@ def surface() -> dict:
 
 
 def paused_scheduler() -> dict:
-    """What the engine core's scheduler counts as work in each pause state, with two requests
-    waiting and one running: the engine steps only while that is above 0, and a pause returns
-    once it is 0 (AsrPause relies on "keep": nothing stepped, nothing dropped)."""
+    """The engine core's own pause and resume (vLLM 0.22's EngineCoreProc, as AsrPause calls
+    them: mode "keep", caches kept) on a scheduler holding two waiting requests and one
+    running: whether the pause is answered at once or waits for the engine to go idle, whether
+    the core still has steps to run, what became of the requests, and what the scheduler counts
+    as work in each pause state."""
     from vllm.v1.core.sched.interface import PauseState
     from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.engine.core import EngineCoreProc
 
-    counts = {}
-    for state in PauseState:
-        scheduler = Scheduler.__new__(Scheduler)  # the counting alone: no KV cache behind it
-        scheduler.waiting, scheduler.skipped_waiting = ["w1", "w2"], []
-        scheduler.running, scheduler.num_waiting_for_streaming_input = ["r1"], 0
-        scheduler._pause_state = state
-        counts[state.name] = scheduler.get_num_unfinished_requests()
-    return counts
+    def scheduler(state):  # the queues and counters alone: no KV cache behind it
+        made = Scheduler.__new__(Scheduler)
+        made.waiting, made.skipped_waiting = ["w1", "w2"], []
+        made.running, made.num_waiting_for_streaming_input = ["r1"], 0
+        made.finished_req_ids, made.connector = set(), None
+        made._pause_state = state
+        return made
+
+    core = EngineCoreProc.__new__(EngineCoreProc)
+    core.scheduler = scheduler(PauseState.UNPAUSED)
+    core.engines_running, core.batch_queue, core._idle_state_callbacks = False, None, []
+    before = core.has_work()
+    pending = core.pause_scheduler(mode="keep", clear_cache=False)
+    paused = {"steps_before": before, "answered_at_once": pending is None,
+              "steps_while_paused": core.has_work(),
+              "requests_kept": [core.scheduler.waiting, core.scheduler.running]}
+    core.resume_scheduler()
+    paused["steps_after_resume"] = core.has_work()
+    paused["unfinished_by_state"] = {state.name: scheduler(state).get_num_unfinished_requests()
+                                     for state in PauseState}
+    return paused
 
 
 def refusal(run) -> str | None:

@@ -176,7 +176,11 @@ def test_the_engine_failure_hidden_at_close_is_the_one_vllms_shutdown_order_caus
 
 def test_a_kept_pause_steps_nothing_and_drops_nothing(real):
     # The ASR engine's pause for a shorter call's alignment (vllm_engine.AsrPause) uses mode
-    # "keep": the scheduler then counts no work (the engine core stops stepping, and the pause
-    # returns), while its waiting and running requests stay; "abort" would fail the longer
-    # jobs, and PAUSED_NEW would keep stepping the running ones.
-    assert real["paused_scheduler"] == {"UNPAUSED": 3, "PAUSED_NEW": 1, "PAUSED_ALL": 0}
+    # "keep" with the caches kept: the real engine core answers it as soon as no step is under
+    # way, then runs no step while its waiting and running requests stay where they were;
+    # the resume gives it work again. "abort" would fail the longer jobs; PAUSED_NEW (what the
+    # other modes set) would keep stepping the running ones.
+    assert real["paused_scheduler"] == {
+        "steps_before": True, "answered_at_once": True, "steps_while_paused": False,
+        "requests_kept": [["w1", "w2"], ["r1"]], "steps_after_resume": True,
+        "unfinished_by_state": {"UNPAUSED": 3, "PAUSED_NEW": 1, "PAUSED_ALL": 0}}

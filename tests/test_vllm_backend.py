@@ -726,6 +726,15 @@ def _slow_aligner(aligner, monkeypatch, seconds: float) -> None:
     monkeypatch.setattr(aligner, "encode", slow)
 
 
+def _pauses(asr, n: int) -> list[str]:
+    """The ASR engine's pause log, once it has n entries (a resume is sent after the alignment
+    returned) or after 2 s."""
+    deadline = time.monotonic() + 2
+    while len(asr.pause_log) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [entry[0] for entry in asr.pause_log]
+
+
 def _align_short(engine, seconds: float = 10.0):
     return engine.align([np.zeros(int(seconds * SECOND), np.float32)], ["hello there world"],
                         ["English"])
@@ -744,9 +753,11 @@ def test_a_shorter_calls_alignment_pauses_the_longer_calls_asr(fake_vllm, model_
     (words,) = _align_short(engine)
     ended = time.monotonic()
     assert [w.text for w in words] == ["hello", "there", "world"]
+    assert _pauses(asr, 2) == ["pause", "resume"]
     (pause, resume) = asr.pause_log
     assert pause[:3] == ("pause", "keep", False) and resume[0] == "resume"
-    assert started <= pause[3] < started + 0.1 and pause[3] + 0.3 <= resume[1] <= ended
+    # The resume is sent once the alignment ends, and the result does not wait for it.
+    assert started <= pause[3] < started + 0.1 and pause[3] + 0.3 <= resume[1] <= ended + 0.1
     # No step of the long call ran while paused (one already under way may end just after).
     assert not [t for _, t in asr.steps if pause[3] + 0.05 < t < resume[1]]
     long_call.join(30)
@@ -786,17 +797,48 @@ def test_longer_calls_keep_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch):
     assert PAUSE_WINDOW_S == 1.0
     engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
     asr, aligner = _engines(fake_vllm)
-    _slow_aligner(aligner, monkeypatch, 0.2)
+    _slow_aligner(aligner, monkeypatch, 0.3)
     long_call, outs = _long_asr(fake_vllm, monkeypatch, engine, seconds=300.0)
-    for _ in range(4):  # paused 0, 0.2, 0.4, then 0.6 s of the last second
+    for n in range(3):  # paused 0, then 0.3, then 0.6 s of the last second
         _align_short(engine)
-    assert [e[0] for e in asr.pause_log] == ["pause", "resume"] * 3
-    time.sleep(1.1)  # the three pauses are more than a second old
+        _pauses(asr, 2 * min(n + 1, 2))  # its resume answered before the next call
+    assert _pauses(asr, 5) == ["pause", "resume"] * 2
+    time.sleep(1.1)  # both pauses are more than a second old
     _align_short(engine)
-    assert [e[0] for e in asr.pause_log] == ["pause", "resume"] * 4
+    assert _pauses(asr, 6) == ["pause", "resume"] * 3
     assert fake_vllm.ACTIVE  # the long call ran throughout
     long_call.join(30)
     assert [len(out.text.split()) for out in outs] == [150, 150]
+
+
+def test_a_pause_ends_early_after_half_a_second_or_for_a_call_as_short(fake_vllm, model_dirs,
+                                                                       monkeypatch):
+    """A long alignment pauses the ASR engine for MAX_PAUSE_S at most; and a call as short as
+    the one aligned, sending ASR requests meanwhile, resumes it at once (a paused engine would
+    hold them until the alignment ended)."""
+    from qwen_worker.vllm_engine import MAX_PAUSE_S
+
+    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
+    asr, aligner = _engines(fake_vllm)
+    _slow_aligner(aligner, monkeypatch, 1.0)
+    long_call, outs = _long_asr(fake_vllm, monkeypatch, engine, seconds=300.0, words_per_s=1.0)
+    _align_short(engine)
+    ended = time.monotonic()
+    assert _pauses(asr, 2) == ["pause", "resume"]
+    (pause, resume) = asr.pause_log
+    assert MAX_PAUSE_S == 0.5 and 0.5 <= resume[1] - pause[3] < 0.8 and resume[1] < ended - 0.3
+    time.sleep(1.1)  # out of the window: the next alignment may pause again
+    aligning = threading.Thread(target=_align_short, args=(engine,))
+    aligning.start()
+    assert _pauses(asr, 3) == ["pause", "resume", "pause"]
+    sent = time.monotonic()
+    engine.transcribe([np.zeros(5 * SECOND, np.float32)], [None], [""])  # rank 5 <= 10
+    transcribed = time.monotonic()
+    assert _pauses(asr, 4) == ["pause", "resume"] * 2 and asr.pause_log[3][1] - sent < 0.2
+    aligning.join(10)
+    assert transcribed < time.monotonic() - 0.3  # long before the alignment ended
+    long_call.join(60)
+    assert [len(out.text.split()) for out in outs] == [300, 300]
 
 
 def test_a_stopped_jobs_alignment_still_resumes_the_asr(fake_vllm, model_dirs, monkeypatch):
@@ -822,35 +864,53 @@ def test_a_stopped_jobs_alignment_still_resumes_the_asr(fake_vllm, model_dirs, m
     scope.stop(JobCancelled)
     thread.join(5)
     assert isinstance(outcome.get("raised"), JobCancelled)
-    deadline = time.monotonic() + 2
-    while len(asr.pause_log) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert [e[0] for e in asr.pause_log] == ["pause", "resume"]
+    assert _pauses(asr, 2) == ["pause", "resume"]
     long_call.join(30)
     assert [len(out.text.split()) for out in outs] == [60, 60]
     assert fake_vllm.ACTIVE == set()
 
 
+@pytest.mark.parametrize("failure", ["refused", "never answered"])
 def test_an_asr_engine_that_cannot_be_resumed_fails_jobs_with_refresh(fake_vllm, model_dirs,
-                                                                      monkeypatch):
-    """Left paused, the ASR engine would hold every later job's requests for good: the
-    alignment that paused it fails as a fatal engine error, and so does every later call."""
+                                                                      monkeypatch, failure):
+    """Left paused, the ASR engine would hold its requests and every later job's for good (vLLM
+    never answers a utility call of an engine core that died): the requests in it are aborted
+    and fail as a dead engine's do, and so does every later call; the alignment itself got
+    its result."""
+    import qwen_worker.vllm_engine as vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "PAUSE_CALL_TIMEOUT_S", 0.3)
     engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
     asr, aligner = _engines(fake_vllm)
     _slow_aligner(aligner, monkeypatch, 0.05)
-    long_call, _ = _long_asr(fake_vllm, monkeypatch, engine)
+    failures: list = []
+
+    def long_job():
+        try:
+            engine.transcribe([np.zeros(120 * SECOND, np.float32)] * 2, [None] * 2, [""] * 2)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            failures.append(exc)
+
+    monkeypatch.setattr(fake_vllm, "STEP_SECONDS", 0.01)
+    long_call = threading.Thread(target=long_job, daemon=True)
+    long_call.start()
+    deadline = time.monotonic() + 10
+    while len(fake_vllm.ACTIVE) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
     async def refused():
         raise RuntimeError("the engine core did not answer")
 
-    monkeypatch.setattr(asr, "resume_generation", refused)
-    try:
-        with pytest.raises(EngineError) as failed:
-            _align_short(engine)
-        assert is_fatal_gpu_error(failed.value)
-        with pytest.raises(RuntimeError) as later:
-            engine.transcribe([np.zeros(SECOND, np.float32)], [None], [""])
-        assert is_fatal_gpu_error(later.value)
-    finally:
-        engine._loop.loop.call_soon_threadsafe(asr._unpaused.set)  # the long call may end
-        long_call.join(30)
+    async def never():
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(asr, "resume_generation", refused if failure == "refused" else never)
+    (words,) = _align_short(engine)
+    assert [w.text for w in words] == ["hello", "there", "world"]
+    long_call.join(10)
+    (failed,) = failures
+    assert is_fatal_gpu_error(failed)
+    with pytest.raises(RuntimeError) as later:
+        engine.transcribe([np.zeros(SECOND, np.float32)], [None], [""])
+    assert is_fatal_gpu_error(later.value)
+    assert fake_vllm.ACTIVE == set()

@@ -36,8 +36,7 @@ import time
 import weakref
 from concurrent.futures import Future
 from pathlib import Path
-from typing import (Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence,
-                    TypeVar)
+from typing import Any, Awaitable, Callable, Coroutine, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -61,8 +60,11 @@ ALIGNER_ARCHITECTURE = "Qwen3ASRForcedAlignerForTokenClassification"
 WARM_UP_SECONDS = MAX_CHUNK_AUDIO_TOKENS / 13  # the longest chunk: 300 s
 WARM_UP_WORDS = 700  # a long aligner prompt (~270 s of speech)
 AUDIO_PLACEHOLDER = "<|audio_pad|>"
-# A shorter call's alignment pauses the ASR engine for at most half of any such window (AsrPause).
+# A shorter call's alignment pauses the ASR engine for at most half of any such window, and
+# each pause at most that half (AsrPause); a pause or resume unanswered this long is fatal.
 PAUSE_WINDOW_S = 1.0
+MAX_PAUSE_S = PAUSE_WINDOW_S / 2
+PAUSE_CALL_TIMEOUT_S = 10.0
 
 
 def encoder_overrides(settings: Settings) -> dict[str, Any]:
@@ -236,32 +238,38 @@ class AsrPause:
     while an hour-long file decodes, a 30 s job's alignment took 2-2.5x its time alone
     (BENCHMARKS.md). When a call is aligned and every request the ASR engine runs belongs to a
     longer call (its priority, audio seconds, is higher), vLLM's scheduler is paused with its
-    requests kept ("keep": no step runs, their KV cache stays) until that alignment ends. A
-    paused ASR engine queues new requests. One call pauses at a time, and a pause starts only
-    while the pauses of the last `PAUSE_WINDOW_S` took less than half of it: longer calls keep
-    about half the GPU however many short ones arrive. Runs on the engines' loop thread only.
+    requests kept ("keep": no step runs, their KV cache stays). It resumes when that alignment
+    ends, after MAX_PAUSE_S, or as soon as a call as short as the aligned one sends ASR
+    requests (a paused engine queues them). One call pauses at a time, and a pause starts only
+    while the pauses of the last PAUSE_WINDOW_S took less than half of it: longer calls keep
+    about half the GPU however many short ones arrive. The alignment's result does not wait for
+    the resume. A pause or resume the engine does not answer within PAUSE_CALL_TIMEOUT_S (its
+    core died: vLLM then never answers) leaves the engine unusable: the requests in it are
+    aborted and fail, and so does every later call. Runs on the engines' loop thread only.
     """
 
     def __init__(self, asr: Any, enabled: bool):
         self._asr = asr
         self.enabled = enabled
-        self._ranks: collections.Counter[int] = collections.Counter()  # ASR requests in flight
-        self._paused = False  # from the pause's start until its resume was answered
+        self._requests: dict[str, int] = {}  # the ASR engine's requests in flight -> rank
+        self._rank: int | None = None  # the paused-for call's, until its resume is answered
+        self._end: Callable[[], None] | None = None  # starts the resume (once)
         self._recent: collections.deque[tuple[float, float]] = collections.deque()  # (from, to)
-        self._ending: asyncio.Task | None = None  # the resume, shielded from cancellation
-        self.failed: BaseException | None = None  # a resume that failed: the engine is unusable
+        self.failed: FatalEngineError | None = None
         self.pauses = 0
 
     @contextlib.contextmanager
-    def running(self, rank: int) -> Iterator[None]:
-        """Around one ASR request: its rank counts while it is in the engine."""
-        self._ranks[rank] += 1
+    def running(self, request_id: str, rank: int) -> Iterator[None]:
+        """Around one ASR request, while it is in the engine."""
+        if self._end is not None and self._rank is not None and rank <= self._rank:
+            self._end()  # a call as short as the aligned one is not held up by its pause
+        self._requests[request_id] = rank
         try:
             yield
         finally:
-            self._ranks[rank] -= 1
-            if not self._ranks[rank]:
-                del self._ranks[rank]
+            del self._requests[request_id]
+        if self.failed is not None:  # aborted by a failed resume: fail as the engine failed
+            raise self.failed
 
     def _paused_lately(self, now: float) -> float:
         """Seconds the ASR engine was paused within the last PAUSE_WINDOW_S."""
@@ -271,42 +279,56 @@ class AsrPause:
         return sum(end - max(start, since) for start, end in self._recent)
 
     def _due(self, rank: int) -> bool:
-        return (self.enabled and not self._paused and bool(self._ranks)
-                and rank < min(self._ranks)
+        return (self.enabled and self._rank is None and self.failed is None
+                and bool(self._requests) and rank < min(self._requests.values())
                 and self._paused_lately(time.monotonic()) < PAUSE_WINDOW_S / 2)
 
-    @contextlib.asynccontextmanager
-    async def aligning(self, rank: int) -> AsyncIterator[None]:
-        """Around one call's aligner requests. The pause is sent alongside them, not before:
+    @contextlib.contextmanager
+    def aligning(self, rank: int) -> Iterator[None]:
+        """Around one call's aligner requests (on the loop). The pause is sent alongside them:
         the alignment starts at once, and the ASR engine stops after its current step."""
         if not self._due(rank):
             yield
             return
-        self._paused = True
+        self._rank = rank
         self.pauses += 1
         started = time.monotonic()
-        pause = asyncio.ensure_future(self._asr.pause_generation(mode="keep", clear_cache=False))
+        pause = asyncio.ensure_future(self._call(
+            self._asr.pause_generation(mode="keep", clear_cache=False)))
+        ending: list[asyncio.Task] = []
+
+        def end() -> None:
+            if not ending:  # a task of its own: a stopped job's cancellation cannot stop it
+                ending.append(asyncio.ensure_future(self._resume(pause, started)))
+
+        self._end = end
+        timer = asyncio.get_running_loop().call_later(MAX_PAUSE_S, end)
         try:
             yield
         finally:
-            # Shielded: a stopped job's cancellation must not leave the ASR engine paused.
-            self._ending = asyncio.ensure_future(self._resume(pause, started))
-            await asyncio.shield(self._ending)
+            timer.cancel()
+            end()
+
+    async def _call(self, call: Awaitable[None]) -> None:
+        await asyncio.wait_for(call, PAUSE_CALL_TIMEOUT_S)
 
     async def _resume(self, pause: "asyncio.Future[None]", started: float) -> None:
+        self._end = None
         try:
             with contextlib.suppress(Exception):
                 await pause  # resumed after the pause was taken, never before it
-            await self._asr.resume_generation()
-        except BaseException as exc:
-            # Left paused, it would hold every later job's ASR requests for good.
+            await self._call(self._asr.resume_generation())
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the engine may stay paused
+            # Left paused, it would hold its requests, and every later job's, for good.
             self.failed = FatalEngineError(
                 f"the ASR engine could not be resumed after a pause: {exc!r}")
-            log.error("%s; failing this and every later job", self.failed)
-            raise self.failed from exc
+            log.error("%s; failing its requests and every later call", self.failed)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._asr.abort(list(self._requests)),
+                                       PAUSE_CALL_TIMEOUT_S)
         finally:
             self._recent.append((started, time.monotonic()))
-            self._paused = False
+            self._rank = None
 
 
 class VllmEngine:
@@ -381,6 +403,8 @@ class VllmEngine:
             encoded = [self._aligner_text.encode_timestamp(t, lang)
                        for t, lang in zip(texts, languages)]
         todo = [i for i, (words, _) in enumerate(encoded) if words]
+        if not todo:
+            return [[] for _ in chunks]
         ids = [f"align-{next(self._ids)}" for _ in todo]
         rank = priority([chunks[i] for i in todo])
         known = [self._recall(chunks[i]) for i in todo]
@@ -396,7 +420,7 @@ class VllmEngine:
         params = [self._pooling(chunks[i].shape[0]) for i in todo]
 
         async def encode_all() -> list[Any]:
-            async with self.asr_pause.aligning(rank):
+            with self.asr_pause.aligning(rank):
                 return await _all([self._encode(rid, inp, rank, p)
                                    for rid, inp, p in zip(ids, inputs, params)])
 
@@ -537,7 +561,7 @@ class VllmEngine:
     async def _generate(self, request_id: str, prompt: dict[str, Any], params: Any,
                         rank: int) -> Any:
         final = None
-        with self.asr_pause.running(rank):
+        with self.asr_pause.running(request_id, rank):
             async for output in self._asr.generate(prompt, params, request_id, priority=rank):
                 final = output
         if final is None or not final.finished:

@@ -23,8 +23,9 @@ checks that `surface.json` here is the real package's surface). It runs no model
   `generate`/`encode` aborts its request, as the real one does. ACTIVE holds the requests
   in flight, so tests can see that nothing is left behind.
 * `pause_generation(mode="keep", clear_cache=...)` stops stepping every request, which stay
-  in the engine, until `resume_generation()` (`pause_log` records both, `steps` each step's
-  end); mode "abort" aborts them first; an unknown mode is refused with the engine core's
+  in the engine (aborts and `KILL` still act), until `resume_generation()`; it answers after
+  the step under way and 0.02 s, as the real one (`pause_log` records both calls, `steps`
+  each step's end); mode "abort" aborts them first; an unknown mode is refused with the engine core's
   words; "wait" (drain first) is not mirrored (NotImplementedError).
 * `KILL` (set by a test) makes the engine die at its next step: every running and later
   request raises EngineDeadError, as after a CUDA error in the engine process.

@@ -95,7 +95,11 @@ class AsyncLLM:
             self._check_alive()
             if request_id in self._abort:
                 return done
-            await self._unpaused.wait()
+            while not self._unpaused.is_set():  # paused: aborts and a dead engine still count
+                await asyncio.sleep(0.005)
+                self._check_alive()
+                if request_id in self._abort:
+                    return done
             await asyncio.sleep(STEP_SECONDS)
             self.steps.append((request_id, time.monotonic()))
         self._check_alive()
@@ -241,9 +245,12 @@ class AsyncLLM:
             from ... import ACTIVE
 
             self._abort.update(rid for rid in ACTIVE if rid in self._in_flight.values())
+        from ... import STEP_SECONDS
+
         self._unpaused.clear()
         self.pause_log.append(("pause", mode, clear_cache, time.monotonic()))
-        await asyncio.sleep(0)
+        # The real one answers once the step under way has ended, then sleeps 0.02 s.
+        await asyncio.sleep(STEP_SECONDS + 0.02)
 
     async def resume_generation(self) -> None:
         self._check_alive()
