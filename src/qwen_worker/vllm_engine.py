@@ -257,6 +257,7 @@ class AsrPause:
         self._recent: collections.deque[tuple[float, float]] = collections.deque()  # (from, to)
         self.failed: FatalEngineError | None = None
         self.pauses = 0
+        self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
     @contextlib.contextmanager
     def running(self, request_id: str, rank: int) -> Iterator[None]:
@@ -293,13 +294,13 @@ class AsrPause:
         self._rank = rank
         self.pauses += 1
         started = time.monotonic()
-        pause = asyncio.ensure_future(self._call(
+        pause = self._task(self._call(
             self._asr.pause_generation(mode="keep", clear_cache=False)))
         ending: list[asyncio.Task] = []
 
         def end() -> None:
             if not ending:  # a task of its own: a stopped job's cancellation cannot stop it
-                ending.append(asyncio.ensure_future(self._resume(pause, started)))
+                ending.append(self._task(self._resume(pause, started)))
 
         self._end = end
         timer = asyncio.get_running_loop().call_later(MAX_PAUSE_S, end)
@@ -308,6 +309,12 @@ class AsrPause:
         finally:
             timer.cancel()
             end()
+
+    def _task(self, work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _call(self, call: Awaitable[None]) -> None:
         await asyncio.wait_for(call, PAUSE_CALL_TIMEOUT_S)
