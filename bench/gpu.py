@@ -792,14 +792,20 @@ def main() -> int:
         record("confined", {k: v for k, v in ballast.items() if k != "proc"})
     idle_gib = memory.used_gib()
     memory.reset()  # from here on: the engines' processes, not the one that built the dirs
+    from qwen_worker.startup import CLOCK
+
     t0 = time.perf_counter()
     engine = load_engine(settings)
     startup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    warm_up(engine)  # what the fitness check runs
-    fitness = time.perf_counter() - t0
-    self_test_rc = run_self_test(settings, engine, startup)
-    record("startup", {"ready_s": round(startup, 1), "fitness_s": round(fitness, 2),
+    with CLOCK.phase("fitness check"):
+        warm_up(engine)  # what the fitness check runs
+    self_test_rc = run_self_test(settings, engine)
+    record("startup", {"ready_s": round(startup, 1),
+                       # the worker's own phase lines (qwen_worker.startup), seconds each
+                       "phases": {name: round(end - start, 1)
+                                  for name, (start, end, _) in CLOCK.phases.items()},
+                       "phase_details": {name: detail
+                                         for name, (_, _, detail) in CLOCK.phases.items()},
                        "self_test": "passed" if self_test_rc == 0 else "FAILED",
                        "device_gib": round(memory.used_gib(), 2),
                        **memory_row(memory, engine),

@@ -3,78 +3,36 @@
     python src/handler.py --test_input '{"input": {"audio_url": "...", "language": "auto"}}'
     python src/handler.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
     python src/handler.py --self-test     # acceptance check of a built image on its GPU
+
+Everything is imported inside `serve`: vLLM's engine processes and the front end's are spawned,
+and a spawned process imports this file again as `__mp_main__` (14 of them at start-up).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import time
+from typing import NoReturn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # qwen_worker first: its package init prepares the environment torch and vLLM read at import.
-from qwen_worker.config import ConfigError, Settings, load_settings  # noqa: E402
-from qwen_worker.download import allow_loopback_for_local_testing  # noqa: E402
-from qwen_worker.diarize import Diarizer, load_configured  # noqa: E402
-from qwen_worker.engine import QwenEngine, load_engine  # noqa: E402
-from qwen_worker.model_files import StartupError  # noqa: E402
-from qwen_worker.worker import Worker  # noqa: E402
-
-log = logging.getLogger("handler")
+from qwen_worker.startup import run  # noqa: E402
 
 
-def configure() -> Settings:
-    """Settings from the environment and logging, or one log line saying what to change and
-    exit status 1. Shared with src/server.py."""
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-        log.error("start-up failed: %s", exc)
-        sys.exit(1)
-    # force: a library imported earlier may have configured the root logger already.
-    logging.basicConfig(level=settings.log_level, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.download_allow_loopback:
-        allow_loopback_for_local_testing()
-    return settings
+def serve() -> int | None:
+    from qwen_worker.startup import CLOCK, end_everything, start
 
-
-def load_failure(settings: Settings, exc: BaseException) -> str:
-    """Why the models did not load, in one line (the traceback goes to DEBUG)."""
-    if isinstance(exc, StartupError):
-        return str(exc)
-    log.debug("model loading failed", exc_info=exc)
-    return (f"loading ASR_MODEL={settings.asr_model} / ALIGNER_MODEL={settings.aligner_model} "
-            f"raised {type(exc).__name__}: "
-            + (str(exc).splitlines()[0][:300] if str(exc) else ""))
-
-
-def start() -> tuple[Settings, QwenEngine, Diarizer | None]:
-    """Settings and models, or one log line saying what to change and exit status 1."""
-    settings = configure()
-    try:
-        # Loaded once per worker process, before the first job; vLLM needs this under __main__.
-        engine = load_engine(settings)
-        return settings, engine, load_configured(settings)
-    except Exception as exc:  # noqa: BLE001 - the reason in one line; the traceback at DEBUG
-        log.error("start-up failed: %s", load_failure(settings, exc))
-    sys.exit(1)
-
-
-def main() -> None:
     if "--self-test" in sys.argv[1:]:
         from qwen_worker.selftest import run_self_test
 
-        t0 = time.perf_counter()
         settings, engine, _ = start()
-        sys.exit(run_self_test(settings, engine, time.perf_counter() - t0))
+        return run_self_test(settings, engine)
 
     import runpod
 
     from qwen_worker.selftest import warm_up
+    from qwen_worker.worker import Worker
 
     settings, engine, diarizer = start()
     worker = Worker(settings, engine, diarizer)
@@ -83,12 +41,23 @@ def main() -> None:
     # but cannot transcribe dies here instead of failing every job it takes.
     @runpod.serverless.register_fitness_check
     def transcribe_warm_up_clip() -> None:
-        warm_up(engine)
+        try:
+            with CLOCK.phase("fitness check"):
+                warm_up(engine)
+        except BaseException:
+            end_everything()  # runpod ends the process with os._exit(1): nothing closes after
+            raise
+        CLOCK.ready("ready for jobs")
 
     # An async handler with a constant concurrency: up to MAX_CONCURRENCY jobs at once, their
     # engine calls shared through the worker's scheduler.
     runpod.serverless.start({"handler": worker.handle_async,
                              "concurrency_modifier": worker.concurrency})
+    return 0
+
+
+def main() -> NoReturn:
+    run(serve)
 
 
 if __name__ == "__main__":

@@ -21,19 +21,18 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# handler first: through qwen_worker it prepares the environment torch and vLLM read at import.
-from handler import configure, load_failure  # noqa: E402
+# qwen_worker first: its package init prepares the environment torch and vLLM read at import.
+from qwen_worker.startup import CLOCK, configure, load_failure, run  # noqa: E402
 from qwen_worker.config import Settings  # noqa: E402
 from qwen_worker.download import INPUT_NAME  # noqa: E402
 from qwen_worker.diarize import load_configured  # noqa: E402
 from qwen_worker.engine import load_engine  # noqa: E402
 from qwen_worker.errors import ErrorCode  # noqa: E402
 from qwen_worker.lifecycle import SHUTDOWN_GRACE_SECONDS  # noqa: E402
-from qwen_worker.model_files import resolve_model  # noqa: E402
 from qwen_worker.openai_compat import (INVALID_API_KEY, NOT_FOUND, NOT_READY,  # noqa: E402
                                        UNHEALTHY, FormError, error_body, job_input,
                                        parse_form, render, status_for)
@@ -63,21 +62,12 @@ DRAIN_BYTES = 256 << 20
 
 def load_worker(settings: Settings) -> tuple[Worker, Tokenize]:
     """The engine (as the handler loads it), the worker over it, and the ASR tokenizer for
-    verbose_json's `tokens`."""
-    from transformers import AutoTokenizer
-
+    verbose_json's `tokens` (the engine's own: each tokenizer is loaded once)."""
     engine = load_engine(settings)
     diarizer = load_configured(settings)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(settings.asr_model, "ASR_MODEL"))
-    lock = threading.Lock()  # a Rust tokenizer must not be used by two threads at once
-
-    def tokenize(text: str) -> list[int]:
-        with lock:
-            return list(tokenizer.encode(text, add_special_tokens=False))
-
     # No RunPod job API behind this entry point: nothing to post progress to.
     return Worker(dataclasses.replace(settings, progress_updates=False), engine,
-                  diarizer), tokenize
+                  diarizer), engine.tokenize
 
 
 class ServerState:
@@ -104,6 +94,7 @@ class ServerState:
                 return
             log.info("ready: %s (%s backend)", self.worker.engine.asr_model,
                      self.worker.engine.backend)
+            CLOCK.ready("ready for requests")
 
         thread = threading.Thread(target=run, name="load-models", daemon=True)
         thread.start()
@@ -402,7 +393,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def serve_http(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = configure()
     state = ServerState(settings)
@@ -424,7 +415,13 @@ def main(argv: list[str] | None = None) -> None:
         await serving
 
     asyncio.run(serve())
-    sys.exit(1 if state.failed else 0)
+    return 1 if state.failed else 0
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Serve until SIGTERM (or a start-up failure); `run` closes the engines and ends every
+    process the server started on the way out."""
+    run(lambda: serve_http(argv))
 
 
 if __name__ == "__main__":

@@ -163,6 +163,7 @@ def test_the_stand_in_has_the_real_surface_and_refusals(real, model_dirs, monkey
         for name, real_parameters in real["surface"]["AsyncLLM"].items():
             assert parameters(getattr(AsyncLLM, name)) == real_parameters, name
         assert "keep" in real["surface"]["PauseMode"]
+        engine.shutdown()
     finally:
         for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
             del sys.modules[name]

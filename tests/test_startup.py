@@ -31,6 +31,7 @@ builtins.__import__ = spy
 os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 sys.path.insert(0, "src")
 import handler  # the entry point's own imports, in its order
+from qwen_worker.config import load_settings
 import torch
 # Pretend this CPU build has CUDA and record which device-count path answers:
 # cudaGetDeviceCount initialises the CUDA runtime (fork-unsafe), NVML does not.
@@ -39,7 +40,7 @@ torch.cuda._is_compiled = lambda: True
 torch._C._cuda_getDeviceCount = lambda: calls.append("cuda runtime") or 1
 nvml = int(sys.argv[1])
 torch.cuda._raw_device_count_nvml = lambda: calls.append("nvml") or nvml
-settings = handler.load_settings({})
+settings = load_settings({})
 print(json.dumps({"env_at_torch_import": seen.get("torch"), "calls": calls,
                   "device": settings.device, "initialized": torch.cuda.is_initialized()}))
 """

@@ -60,6 +60,8 @@ def fake_vllm(monkeypatch):
     yield vllm
     for front in fronts:
         front.close()
+    for engine in vllm.CREATED:  # their engine-core processes
+        engine.core.shutdown()
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         del sys.modules[name]
 

@@ -71,6 +71,10 @@ class Settings:
     vllm_engine_threads: int  # 0: OMP_NUM_THREADS as the environment has it
     vllm_encoder_conv_windows: int  # audio-encoder windows (1 s each) per convolution pass
     vllm_align_pauses_longer_asr: bool  # a shorter call's alignment pauses longer calls' ASR
+    vllm_kv_cache_sizing: str  # "computed": from the card and the shares | "profiled": vLLM's
+    vllm_activation_reserve_gib: float  # computed sizing: each engine's share minus weights and this
+    vllm_skip_mm_profiling: bool  # computed sizing: no dummy encoder pass at start-up
+    compile_cache_dir: str  # vLLM's compile cache (VLLM_CACHE_ROOT); "" = chosen at start-up
     max_download_bytes: int
     max_base64_bytes: int
     max_audio_seconds: float
@@ -305,6 +309,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # while an hour-long file decoded. Pausing the ASR engine while a call shorter than all
         # it runs is aligned gives the aligner the GPU (vllm_engine.AsrPause; BENCHMARKS.md).
         vllm_align_pauses_longer_asr=_bool(env, "VLLM_ALIGN_PAUSES_LONGER_ASR", True),
+        # Two engines cannot size their KV caches from the card's free memory at the same time
+        # (vLLM's profiling reads device-wide free memory): "computed" gives each its share of
+        # the card minus its weights and a reserve, and both start at once; "profiled" lets
+        # vLLM measure, one engine after the other (slower to start; docs/ cold start).
+        vllm_kv_cache_sizing=_choice(env, "VLLM_KV_CACHE_SIZING", "computed",
+                                     ("computed", "profiled")),
+        # Activations, CUDA graphs and the CUDA context, within each engine's share, at the
+        # default batch sizes: vLLM profiled 1.4-1.6 GiB of them for the 0.6B and the 1.7B
+        # (BENCHMARKS.md, KV cache rows).
+        vllm_activation_reserve_gib=_float(env, "VLLM_ACTIVATION_RESERVE_GIB", 1.75, 0.25, 64.0),
+        # The dummy encoder pass only serves profiling; the chunk cap and the conv passes
+        # (VLLM_ENCODER_CONV_WINDOWS) bound the encoder's peak, which the reserve holds.
+        vllm_skip_mm_profiling=_bool(env, "VLLM_SKIP_MM_PROFILING", True),
+        compile_cache_dir=env.get("COMPILE_CACHE_DIR", "").strip(),
         max_download_bytes=_int(env, "MAX_DOWNLOAD_BYTES", 2 * 1024**3, 1, 1 << 40),
         max_base64_bytes=_int(env, "MAX_BASE64_BYTES", 20 * 1024**2, 1, 1 << 32),
         max_audio_seconds=_float(env, "MAX_AUDIO_SECONDS", 6 * 3600.0, 1.0, 1e7),

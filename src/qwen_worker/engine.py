@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
@@ -76,6 +77,10 @@ class Engine(Protocol):
 
     def fit_context(self, context: str) -> tuple[str, list[str]]:
         """(the context as the prompt will hold it, warnings for the job)."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]:
+        """The ASR tokenizer's ids for `text` (no special tokens); any thread."""
         ...
 
 
@@ -186,6 +191,7 @@ class QwenEngine:
                  asr_batch_size: int = 1 << 30):
         self._model = model
         self._tokenizer = model.processor.tokenizer
+        self._tokenizer_lock = threading.Lock()
         self._contexts = ContextFitter(self._tokenizer, max_context_tokens)
         self.backend = backend
         self.asr_model = asr_model
@@ -245,6 +251,10 @@ class QwenEngine:
 
     def fit_context(self, context: str) -> tuple[str, list[str]]:
         return self._contexts.fit(context)
+
+    def tokenize(self, text: str) -> list[int]:
+        with self._tokenizer_lock:  # a Rust tokenizer is not to be used by two threads at once
+            return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def _read_output(self, raw: str, forced: str | None) -> AsrOutput:
         raw = raw or ""

@@ -21,6 +21,7 @@ import itertools
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -71,7 +72,7 @@ def _ping() -> bool:
     return True
 
 
-def _started() -> tuple[int, list[str]]:
+def _started() -> tuple[int, list[str], float]:
     """Start-up's task: returns when every process of the pool holds one (a process runs one
     task at a time, so all of them have finished their initializer), or raises."""
     barrier = _ALL_STARTED[0]
@@ -79,7 +80,7 @@ def _started() -> tuple[int, list[str]]:
         barrier.abort()  # the others' waits end at once
         _ping()
     barrier.wait(START_TIMEOUT_S)
-    return os.getpid(), list(_WARMED)
+    return os.getpid(), list(_WARMED), time.time()
 
 
 def _prepare(name: str, request_id: str, prompt: str, audio: np.ndarray) -> dict[str, Any]:
@@ -112,6 +113,8 @@ class FrontEnd:
                                                    context.Barrier(processes)))
         self.processes = processes
         self.warmed: dict[int, list[str]] = {}  # after start(): process id -> engines warmed
+        self.ready_at = 0.0  # after start(): when the last process was ready (time.time())
+        self._starting: list[Future] = []
         self._lock = threading.Lock()
         self._waiting: list[tuple[int, int, Future, tuple]] = []  # a heap
         self._order = itertools.count()
@@ -122,11 +125,23 @@ class FrontEnd:
         input processors, their warm-up on `warm_prompts`): no job pays for that, and no
         process still starting competes for the host's cores with the first jobs. Raise their
         start-up failure, if any."""
-        futures = [self._pool.submit(_started) for _ in range(self.processes)]
+        self.begin()
+        self.wait_started()
+
+    def begin(self) -> None:
+        """Start every process now, without waiting (the engines start meanwhile)."""
+        self._starting = [self._pool.submit(_started) for _ in range(self.processes)]
+
+    def wait_started(self) -> None:
+        """Wait until every process has finished starting (after `begin`); raise their
+        start-up failure, if any. `ready_at` is when the last one was ready (time.time())."""
+        futures = self._starting
         failed = [e for e in (f.exception() for f in futures) if e is not None]
         if failed:  # the start-up failure's own message before the others' broken barrier
             raise next((e for e in failed if isinstance(e, FrontEndStartError)), failed[0])
-        self.warmed = dict(f.result() for f in futures)
+        results = [f.result() for f in futures]
+        self.warmed = {pid: warmed for pid, warmed, _ in results}
+        self.ready_at = max(at for _, _, at in results)
 
     def prepare(self, name: str, request_id: str, prompt: str, audio: np.ndarray,
                 rank: int = 0) -> "Future[dict[str, Any]]":

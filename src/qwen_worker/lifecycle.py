@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 JOB_DIR_PREFIX = "job-"
 # From SIGTERM to a forced exit when the job loop has not ended by itself (docker stop waits 10 s).
 SHUTDOWN_GRACE_SECONDS = 8.0
+# From SIGTERM to SIGKILL for a child process that does not end by itself (vLLM's engine core
+# ends on SIGTERM after closing its sockets).
+CHILD_GRACE_SECONDS = 3.0
 
 
 class Stopped(BaseException):
@@ -205,6 +208,7 @@ def _start_exit_backstop() -> None:
     def force_exit() -> None:
         log.error("still running %.0f s after SIGTERM: exiting now", SHUTDOWN_GRACE_SECONDS)
         LIFETIME.remove_job_dirs()
+        end_child_processes()  # os._exit runs no cleanup: the children end here or never
         os._exit(1)
 
     timer = threading.Timer(SHUTDOWN_GRACE_SECONDS, force_exit)
@@ -228,3 +232,27 @@ def sweep_job_dirs(work_dir: Path) -> list[str]:
         log.warning("removed %d job directories left by an earlier run: %s", len(removed),
                     ", ".join(sorted(removed)[:10]))
     return removed
+
+
+def end_child_processes(grace: float = CHILD_GRACE_SECONDS) -> list[int]:
+    """End every process this one started, at any depth (engine cores, front-end processes,
+    multiprocessing's helpers, ffmpeg): SIGTERM, then SIGKILL for those still running after
+    `grace` seconds. Returns their PIDs. Processes a child started and then left (re-parented
+    to init) are out of reach: none of ours does that."""
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    if children:
+        log.info("ended %d child processes", len(children))
+    return [c.pid for c in children]

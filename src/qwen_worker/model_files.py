@@ -9,6 +9,7 @@ that names the path and the setting to change.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -78,15 +79,31 @@ def check_model_dir(path: Path, setting: str) -> None:
             _check_safetensors(f, setting)
 
 
+def _header(path: Path) -> tuple[int, dict]:
+    """A safetensors file's header: its length and its JSON (names, dtypes, shapes, offsets)."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if 8 + header_len > path.stat().st_size:
+            raise ValueError("header longer than the file")
+        return header_len, json.loads(f.read(header_len))
+
+
+def parameter_count(path: Path) -> int:
+    """Weights in a checked model directory's safetensors files, from their headers alone."""
+    count = 0
+    for f in path.glob("*.safetensors"):
+        _, header = _header(f)
+        for name, tensor in header.items():
+            if name != "__metadata__":
+                count += math.prod(tensor["shape"])
+    return count
+
+
 def _check_safetensors(path: Path, setting: str) -> None:
     """The file format: 8-byte header length, JSON header, then the tensors' bytes."""
     size = path.stat().st_size
     try:
-        with open(path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if 8 + header_len > size:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(header_len))
+        header_len, header = _header(path)
         end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
                   default=0)
     except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:

@@ -96,10 +96,15 @@ def _gpu_memory(device: str) -> str:
     return figure
 
 
-def run_self_test(settings: Settings, engine: Engine, load_seconds: float) -> int:
-    """Print the checks and figures; 0 when every check passed."""
+def run_self_test(settings: Settings, engine: Engine) -> int:
+    """Print the start-up's phases, the checks and figures; 0 when every check passed."""
+    from .startup import CLOCK
+
+    load_seconds = CLOCK.now()
     print(f"self-test: backend {engine.backend}, ASR {engine.asr_model}, "
           f"aligner {engine.aligner_model}, device {settings.device}", flush=True)
+    for line in CLOCK.lines():
+        print(line)
     Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir) as work:
         clip, kind = _speech_clip(Path(work))
@@ -120,7 +125,7 @@ def run_self_test(settings: Settings, engine: Engine, load_seconds: float) -> in
             problems.append("no text for a clip of speech")
         elif transcript.language in engine.aligner_languages and not transcript.words:
             problems.append(f"no word timestamps for {transcript.language}")
-    print(f"load {load_seconds:.1f} s | clip {duration:.1f} s of {kind}, "
+    print(f"ready {load_seconds:.1f} s after process start | clip {duration:.1f} s of {kind}, "
           f"{len(transcript.chunks)} chunks | transcribe {took:.2f} s | RTF {took / duration:.4f} "
           f"| GPU memory: {_gpu_memory(settings.device)}")
     print(f"language {transcript.language or '-'}; {len(transcript.words)} words; "

@@ -40,6 +40,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Iterator, Sequence, Type
 
 import numpy as np
 
+from .compile_cache import verdict
 from .config import MAX_CHUNK_AUDIO_TOKENS, Settings
 from .decode import SAMPLE_RATE
 from .engine import (AlignedToken, AsrOutput, EngineError, FatalEngineError,
@@ -374,6 +375,7 @@ class VllmEngine:
         self.within_audio = True  # see `_pooling` (benchmarks turn it off for an A/B)
         self._ids = itertools.count()
         self._fatal: BaseException | None = None
+        self._closed = False
         self.asr_model = asr_model
         self.aligner_model = aligner_model
         self.aligner_languages = aligner_config.languages
@@ -386,6 +388,10 @@ class VllmEngine:
 
     def fit_context(self, context: str) -> tuple[str, list[str]]:
         return self._contexts.fit(context)
+
+    def tokenize(self, text: str) -> list[int]:
+        with self._decode_lock:  # the one tokenizer, one call at a time (see `_decode`)
+            return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def transcribe(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
                    contexts: Sequence[str]) -> list[AsrOutput]:
@@ -441,17 +447,38 @@ class VllmEngine:
 
     def warm_up(self) -> None:
         """A full-length chunk through both models: the first call on new shapes compiles
-        kernels (3-4 s on an H200), which must not land on the first job."""
+        kernels (3-4 s on an H200), which must not land on the first job. The two engines
+        warm up at the same time."""
         rng = np.random.default_rng(0)
         audio = rng.normal(0, 0.05, int(WARM_UP_SECONDS * SAMPLE_RATE)).astype(np.float32)
         from vllm import SamplingParams
 
         short = SamplingParams(temperature=0.0, max_tokens=8, detokenize=False)
         (prepared,) = self._prepare("asr", ["warm-up"], [asr_prompt("", None)], [audio], 0)
-        self._run(lambda: self._generate("warm-up", prepared, short, 0))
-        text = " ".join(["word"] * WARM_UP_WORDS)
-        self.reuses_features = self._check_reuse(audio, prepared, text)
-        self.align([audio], [text], ["English"])
+        asr = self._loop.submit(self._generate("warm-up", prepared, short, 0))
+        try:
+            text = " ".join(["word"] * WARM_UP_WORDS)
+            self.reuses_features = self._check_reuse(audio, prepared, text)
+            self.align([audio], [text], ["English"])
+        finally:
+            asr.result()
+
+    def compile_reports(self) -> dict[str, dict[str, Any] | None]:
+        """What each engine's start compiled or loaded (compile_cache.counters), by engine;
+        None where the engine cannot say (a stand-in)."""
+        import cloudpickle
+
+        from .compile_cache import counters
+
+        method = cloudpickle.dumps(counters)  # vLLM's run_method takes pickled callables
+        reports: dict[str, dict[str, Any] | None] = {}
+        for name, engine in (("asr", self._asr), ("aligner", self._aligner)):
+            try:
+                reports[name] = self._loop.submit(engine.collective_rpc(method)).result(60)[0]
+            except Exception:  # noqa: BLE001 - a report, not a condition of start-up
+                log.debug("no compile report from the %s engine", name, exc_info=True)
+                reports[name] = None
+        return reports
 
     def _check_reuse(self, audio: np.ndarray, asr_input: dict[str, Any], text: str) -> bool:
         """Whether the aligner input built from the ASR's equals vLLM's own processing of the
@@ -476,6 +503,9 @@ class VllmEngine:
     def close(self) -> None:
         """Stop both engine processes (they would otherwise outlive a worker that exits),
         without the false engine failure vLLM may log meanwhile (`_ShutdownNoise`)."""
+        if self._closed:
+            return
+        self._closed = True
         noise = _ShutdownNoise(self._loop.thread_id)
         async_llm_log = logging.getLogger(ASYNC_LLM_LOGGER)
         async_llm_log.addFilter(noise)
@@ -669,48 +699,170 @@ def engine_process_env(settings: Settings) -> Iterator[None]:
             os.environ["OMP_NUM_THREADS"] = before
 
 
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class KvCachePlan:
+    """Each engine's KV cache, fixed before it starts (`VLLM_KV_CACHE_SIZING=computed`)."""
+
+    card_bytes: int
+    asr_bytes: int
+    aligner_bytes: int
+
+
+def card_memory_bytes() -> int | None:
+    """The GPU's memory, through NVML (no CUDA context in this process); None without one."""
+    try:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cuda():
+            return None
+        return int(current_platform.get_device_total_memory(0))
+    except Exception:  # noqa: BLE001 - no GPU, no NVML, or a vLLM without platforms
+        log.debug("the card's memory is unknown", exc_info=True)
+        return None
+
+
+def kv_cache_bytes(card_bytes: int, share: float, weight_bytes: int, reserve_bytes: int) -> int:
+    """An engine's KV cache: its share of the card less its weights and the reserve for
+    activations, CUDA graphs and its CUDA context: what vLLM's profiling measured, fixed."""
+    return int(card_bytes * share) - weight_bytes - reserve_bytes
+
+
+def kv_cache_plan(settings: Settings, asr_path: str, aligner_path: str,
+                  card_bytes: int | None) -> KvCachePlan | None:
+    """The fixed sizes, or None where vLLM profiles instead (the setting, or no card known)."""
+    from .model_files import parameter_count
+
+    if settings.vllm_kv_cache_sizing != "computed" or card_bytes is None:
+        return None
+    per_weight = 4 if settings.dtype == "float32" else 2
+    reserve = int(settings.vllm_activation_reserve_gib * GIB)
+    sizes = {}
+    for name, path, share, setting in (
+            ("asr", asr_path, settings.vllm_gpu_memory_utilization,
+             "VLLM_GPU_MEMORY_UTILIZATION"),
+            ("aligner", aligner_path, settings.vllm_aligner_gpu_memory_utilization,
+             "VLLM_ALIGNER_GPU_MEMORY_UTILIZATION")):
+        weights = parameter_count(Path(path)) * per_weight
+        sizes[name] = kv_cache_bytes(card_bytes, share, weights, reserve)
+        if sizes[name] < GIB // 4:
+            raise StartupError(
+                f"{setting}={share} of this card's {card_bytes / GIB:.1f} GiB leaves "
+                f"{sizes[name] / GIB:.2f} GiB of KV cache after the {name} model's weights "
+                f"({weights / GIB:.2f} GiB) and VLLM_ACTIVATION_RESERVE_GIB="
+                f"{settings.vllm_activation_reserve_gib}: raise {setting}")
+    return KvCachePlan(card_bytes, sizes["asr"], sizes["aligner"])
+
+
+def _in_thread(name: str, work: Callable[[], T]) -> "Future[T]":
+    """work() in a daemon thread of its own (an engine start blocks its caller for its whole
+    start; a daemon thread does not hold the process's exit up if start-up is abandoned)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> VllmEngine:
-    """Start both engines (sequentially: each sizes its KV cache from the memory it finds
-    free), check the model classes, warm up. Call only under `if __name__ == "__main__"`:
-    the engine processes are spawned."""
+    """Start both engines and the front end at the same time, check the model classes, warm
+    up. Call only under `if __name__ == "__main__"`: the engine processes are spawned.
+
+    Each engine's KV cache is fixed beforehand from the card's memory and the worker's shares
+    (`kv_cache_plan`): two engines that profiled the card's free memory at the same time
+    would each count the other's allocations as their own (docs/cold-start.md). With
+    VLLM_KV_CACHE_SIZING=profiled they start one after the other, as vLLM advises."""
+    from .startup import CLOCK
+
     # Spawn: nothing this process holds (threads, locks, the event loop) leaks into the
     # engine processes, and CUDA is never initialised here (PYTORCH_NVML_BASED_CUDA_CHECK).
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    from transformers import AutoTokenizer
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
     aligner_config = AlignerConfig(aligner_path)
-    aligner = front = None
-    with engine_process_env(settings):  # the front end's processes set one thread themselves
-        asr = AsyncLLM.from_engine_args(AsyncEngineArgs(**asr_engine_args(settings, asr_path)))
-        try:
-            aligner = AsyncLLM.from_engine_args(AsyncEngineArgs(
-                **aligner_engine_args(settings, aligner_path,
-                                      aligner_config.timestamp_token_id)))
-            # The front end processes input with the engines' own configs.
-            front = FrontEnd({"asr": asr.vllm_config, "aligner": aligner.vllm_config},
-                             settings.vllm_frontend_processes,
-                             warm_prompts={"asr": asr_prompt("", None)})
-            front.start()
-        except BaseException:
-            if front is not None:
-                front.close()
-            for started in (aligner, asr):
-                if started is not None:
-                    started.shutdown()
-            raise
+    args = {"asr": asr_engine_args(settings, asr_path),
+            "aligner": aligner_engine_args(settings, aligner_path,
+                                           aligner_config.timestamp_token_id)}
+    with CLOCK.phase("engine configs") as detail:
+        plan = kv_cache_plan(settings, asr_path, aligner_path, card_memory_bytes())
+        if plan is not None:
+            for name, size in (("asr", plan.asr_bytes), ("aligner", plan.aligner_bytes)):
+                args[name].update(kv_cache_memory_bytes=size,
+                                  skip_mm_profiling=settings.vllm_skip_mm_profiling)
+            detail.append(f"KV cache fixed: ASR {plan.asr_bytes / GIB:.2f} GiB, aligner "
+                          f"{plan.aligner_bytes / GIB:.2f} GiB of {plan.card_bytes / GIB:.1f}")
+        else:
+            detail.append("KV cache profiled by vLLM: engines start one after the other")
+        configs = {name: AsyncEngineArgs(**a).create_engine_config() for name, a in args.items()}
+
+    spans: dict[str, tuple[float, float]] = {}
+
+    def start_engine(name: str) -> Any:
+        began = CLOCK.now()
+        engine = AsyncLLM.from_vllm_config(configs[name], disable_log_stats=True)
+        spans[name] = (began, CLOCK.now())
+        return engine
+
+    front_began = CLOCK.now()
+    # The front end processes input with the engines' own configs; its processes start now,
+    # beside the engines.
+    front = FrontEnd(configs, settings.vllm_frontend_processes,
+                     warm_prompts={"asr": asr_prompt("", None)})
+    started: dict[str, Any] = {}
+    try:
+        with engine_process_env(settings):  # the front end's processes set one thread themselves
+            front.begin()
+            if plan is None:
+                for name in ("asr", "aligner"):
+                    started[name] = start_engine(name)
+            else:
+                starting = {name: _in_thread(f"start-{name}", lambda n=name: start_engine(n))
+                            for name in ("asr", "aligner")}
+                failures = []
+                for name, future in starting.items():
+                    try:
+                        started[name] = future.result()
+                    except Exception as exc:  # noqa: BLE001 - the other's start is waited for
+                        failures.append(exc)
+                if failures:
+                    raise failures[0]
+        front.wait_started()
+        CLOCK.record("front end", front_began, front.ready_at - CLOCK.origin,
+                     f"{front.processes} processes")
+    except BaseException:
+        front.close()
+        for engine in started.values():
+            engine.shutdown()
+        raise
+    asr, aligner = started["asr"], started["aligner"]
     engine = VllmEngine(asr, aligner, front=front,
-                        tokenizer=AutoTokenizer.from_pretrained(asr_path),
-                        aligner_tokenizer=AutoTokenizer.from_pretrained(aligner_path),
+                        # the engines' own tokenizers: each is loaded once
+                        tokenizer=asr.tokenizer, aligner_tokenizer=aligner.tokenizer,
                         aligner_config=aligner_config, asr_model=settings.asr_model,
                         aligner_model=settings.aligner_model,
                         max_new_tokens=settings.max_new_tokens,
                         max_context_tokens=settings.max_context_tokens,
                         align_pauses_longer_asr=settings.vllm_align_pauses_longer_asr)
-    atexit.register(engine.close)
+    from .startup import CLOSERS
+
+    CLOSERS.add(engine.close)
+    atexit.register(engine.close)  # also for code that loads an engine outside `startup.run`
+    reports = engine.compile_reports()
+    for name in ("asr", "aligner"):
+        CLOCK.record(f"{name} engine", *spans[name], verdict(reports[name]))
     check_native_classes()  # after qwen-asr's import (VllmEngine's) had its chance
-    engine.warm_up()
+    with CLOCK.phase("warm-up"):
+        engine.warm_up()
     log.info("loaded %s and %s on vLLM (AsyncLLM, ASR memory %.2f, aligner %.2f, %d front-end "
              "processes, %s torch threads per engine)", settings.asr_model,
              settings.aligner_model, settings.vllm_gpu_memory_utilization,

@@ -13,7 +13,7 @@ class EngineArgs:
         for name in SURFACE["AsyncEngineArgs"]:
             setattr(self, name, kwargs.get(name))
 
-    def create_engine_config(self) -> Any:
+    def create_engine_config(self, usage_context: Any = None) -> Any:
         from ..v1.engine.input_processor import VllmConfig
 
         return VllmConfig(self.kwargs)

@@ -20,11 +20,59 @@ from .input_processor import SAMPLE_RATE, SEGMENT_SECONDS, InputProcessor
 logger = logging.getLogger("vllm.v1.engine.async_llm")  # the real module's logger
 
 
+# The engine core: a process of its own, as the real one's (spawned, then a handshake). It
+# starts, waits for STAND_IN_CORE_GATE to exist when that is set (a test holds start-up there),
+# writes its PID into STAND_IN_CORE_PIDS (a folder) when set, says "ready", and then runs until
+# the client says "shutdown" or a signal ends it. Like the real one it does not notice that its
+# parent is gone: a worker that dies without ending it leaves it running.
+_CORE = r"""
+import os, sys, time
+gate = os.environ.get("STAND_IN_CORE_GATE")
+while gate and not os.path.exists(gate):
+    time.sleep(0.02)
+pids = os.environ.get("STAND_IN_CORE_PIDS")
+if pids:
+    open(os.path.join(pids, str(os.getpid())), "w").close()
+print("ready", flush=True)
+if sys.stdin.readline().strip() != "shutdown":  # the parent died: stay, as the real one does
+    while True:
+        time.sleep(3600)
+"""
+
+
+class EngineCoreProc:
+    """The stand-in engine core's process, started and shut down as the real one is."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _CORE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("Engine core initialization failed. See root cause above.")
+
+    def shutdown(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("shutdown\n")
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(5)
+            except Exception:  # noqa: BLE001 - the real client then terminates it
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
 class AsyncLLM:
-    def __init__(self, engine_args: AsyncEngineArgs):
+    def __init__(self, vllm_config: Any, executor_class: Any = None, log_stats: bool = False,
+                 **kwargs: Any):
         from ... import CREATED
 
-        args = engine_args.kwargs
+        args = vllm_config.args
         self.args = args
         self.model = args["model"]
         config = json.loads((Path(self.model) / "config.json").read_text())
@@ -39,7 +87,7 @@ class AsyncLLM:
                 raise ValueError("the stand-in aligner needs STEP pooling with a step_tag_id")
             self.step_tag_id = pooler.step_tag_id
             self.classify_num = int(thinker["classify_num"])
-        self.vllm_config = engine_args.create_engine_config()
+        self.vllm_config = vllm_config
         self.input_processor = InputProcessor(self.vllm_config)
         self.tokenizer = self.input_processor.tokenizer
         self.max_model_len = self.input_processor.max_model_len
@@ -57,12 +105,22 @@ class AsyncLLM:
         # The real engine-core process is spawned here and inherits this environment.
         self.spawn_env = dict(os.environ)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.core = EngineCoreProc()
         CREATED.append(self)
 
     @classmethod
     def from_engine_args(cls, engine_args: AsyncEngineArgs, start_engine_loop: bool = True,
                          usage_context: Any = None, stat_loggers: Any = None) -> "AsyncLLM":
-        return cls(engine_args)
+        return cls(engine_args.create_engine_config())
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config: Any, start_engine_loop: bool = True,
+                         usage_context: Any = None, stat_loggers: Any = None,
+                         enable_log_requests: bool = False,
+                         aggregate_engine_logging: bool = False,
+                         disable_log_stats: bool = False, client_addresses: Any = None,
+                         client_count: int = 1, client_index: int = 0) -> "AsyncLLM":
+        return cls(vllm_config, log_stats=not disable_log_stats)
 
     def shutdown(self, timeout: float | None = None) -> None:
         """As 0.22.0's: the engine core is stopped first, and the output task, which runs on
@@ -70,6 +128,7 @@ class AsyncLLM:
         waits for the core's process) that task finds the core gone and logs it as a failure
         from its loop's thread, which this one does every time."""
         self.closed = True
+        self.core.shutdown()
         loop = self._loop
         if loop is None or not loop.is_running():
             return
