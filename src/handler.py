@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,10 +49,19 @@ def serve() -> int | None:
             raise
         CLOCK.ready("ready for jobs")
 
+    async def handle(job: dict[str, Any]) -> dict[str, Any]:
+        output = await worker.handle_async(job)
+        if output.get("refresh_worker"):
+            # This worker cannot serve again (a dead engine, a full disk): runpod's loop ends
+            # after the jobs in flight, and the way out ends the engines, whose GPU memory
+            # would otherwise stay held (RunPod also replaces the worker: stopPod).
+            config["refresh_worker"] = True
+        return output
+
     # An async handler with a constant concurrency: up to MAX_CONCURRENCY jobs at once, their
     # engine calls shared through the worker's scheduler.
-    runpod.serverless.start({"handler": worker.handle_async,
-                             "concurrency_modifier": worker.concurrency})
+    config: dict[str, Any] = {"handler": handle, "concurrency_modifier": worker.concurrency}
+    runpod.serverless.start(config)
     return 0
 
 

@@ -236,23 +236,49 @@ def sweep_job_dirs(work_dir: Path) -> list[str]:
 
 def end_child_processes(grace: float = CHILD_GRACE_SECONDS) -> list[int]:
     """End every process this one started, at any depth (engine cores, front-end processes,
-    multiprocessing's helpers, ffmpeg): SIGTERM, then SIGKILL for those still running after
-    `grace` seconds. Returns their PIDs. Processes a child started and then left (re-parented
-    to init) are out of reach: none of ours does that."""
+    ffmpeg, multiprocessing's resource tracker): SIGTERM, then SIGKILL for those still running
+    after `grace` seconds. Returns their PIDs. Processes a child started and then left
+    (re-parented to init) are out of reach: none of ours does that."""
     import psutil
 
     try:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
-    for child in children:
+    tracker = _resource_tracker_pid()
+    others = [c for c in children if c.pid != tracker]
+    for child in others:
         with contextlib.suppress(psutil.Error):
             child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=grace)
+    _, alive = psutil.wait_procs(others, timeout=grace)
     for child in alive:
         with contextlib.suppress(psutil.Error):
             child.kill()
     psutil.wait_procs(alive, timeout=grace)
+    if tracker is not None and any(c.pid == tracker for c in children):
+        _stop_resource_tracker(grace)
     if children:
         log.info("ended %d child processes", len(children))
     return [c.pid for c in children]
+
+
+def _resource_tracker_pid() -> int | None:
+    from multiprocessing import resource_tracker
+
+    return getattr(resource_tracker._resource_tracker, "_pid", None)
+
+
+def _stop_resource_tracker(grace: float) -> None:
+    """multiprocessing's resource tracker ignores SIGTERM: it ends, after releasing what
+    processes left registered, once every holder of its pipe is gone. Its own `_stop` closes
+    this process's end and waits; a kill is the fallback."""
+    import psutil
+    from multiprocessing import resource_tracker
+
+    pid = _resource_tracker_pid()
+    stopper = threading.Thread(target=resource_tracker._resource_tracker._stop, daemon=True)
+    stopper.start()
+    stopper.join(grace)
+    if stopper.is_alive() and pid is not None:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()

@@ -348,7 +348,8 @@ class VllmEngine:
     def __init__(self, asr: Any, aligner: Any, *, front: FrontEnd, tokenizer: Any,
                  aligner_tokenizer: Any, aligner_config: AlignerConfig, asr_model: str,
                  aligner_model: str, max_new_tokens: int, max_context_tokens: int,
-                 align_pauses_longer_asr: bool = True, loop: _LoopThread | None = None):
+                 align_pauses_longer_asr: bool = True, loop: _LoopThread | None = None,
+                 aligner_text: Any = None):
         from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
 
         self._asr = asr
@@ -359,7 +360,7 @@ class VllmEngine:
         self._tokenizer = tokenizer
         self._decode_lock = threading.Lock()
         self._contexts = ContextFitter(tokenizer, max_context_tokens)
-        self._aligner_text = Qwen3ForceAlignProcessor()
+        self._aligner_text = aligner_text or Qwen3ForceAlignProcessor()
         self._aligner_text_lock = threading.Lock()  # nagisa and soynlp keep state
         self._config = aligner_config
         # The aligner's input for a chunk the ASR has just had: the same audio features, with
@@ -820,22 +821,38 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
                      warm_prompts={"asr": asr_prompt("", None)})
     started: dict[str, Any] = {}
     try:
-        with engine_process_env(settings):  # the front end's processes set one thread themselves
-            front.begin()
-            if plan is None:
-                for name in ("asr", "aligner"):
-                    started[name] = start_engine(name)
+        front.begin()
+        with CLOCK.phase("imports"):
+            # Before the engines' threads: what they import (transformers' tokenizers) and
+            # qwen-asr's text side for the aligner are imported by one thread at a time (two
+            # threads importing one package at once can each see the other's half-initialised
+            # modules); and the check that qwen-asr's import left vLLM's own classes in place.
+            from transformers import AutoProcessor, AutoTokenizer  # noqa: F401
+            from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
+
+            aligner_text = Qwen3ForceAlignProcessor()
+            check_native_classes()
+        with engine_process_env(settings):
+            if plan is None:  # each profiles the free memory: one after the other
+                def both() -> dict[str, Any]:
+                    for name in ("asr", "aligner"):
+                        started[name] = start_engine(name)
+                    return started
+
+                starting = {"engines": _in_thread("start-engines", both)}
             else:
                 starting = {name: _in_thread(f"start-{name}", lambda n=name: start_engine(n))
                             for name in ("asr", "aligner")}
-                failures = []
-                for name, future in starting.items():
-                    try:
-                        started[name] = future.result()
-                    except Exception as exc:  # noqa: BLE001 - the other's start is waited for
-                        failures.append(exc)
-                if failures:
-                    raise failures[0]
+            failures = []
+            for name, future in starting.items():
+                try:
+                    result = future.result()
+                    if name in args:
+                        started[name] = result
+                except Exception as exc:  # noqa: BLE001 - the other's start is waited for
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
         front.wait_started()
         CLOCK.record("front end", front_began, front.ready_at - CLOCK.origin,
                      f"{front.processes} processes")
@@ -845,7 +862,7 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
             engine.shutdown()
         raise
     asr, aligner = started["asr"], started["aligner"]
-    engine = VllmEngine(asr, aligner, front=front,
+    engine = VllmEngine(asr, aligner, front=front, aligner_text=aligner_text,
                         # the engines' own tokenizers: each is loaded once
                         tokenizer=asr.tokenizer, aligner_tokenizer=aligner.tokenizer,
                         aligner_config=aligner_config, asr_model=settings.asr_model,
@@ -860,7 +877,6 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
     reports = engine.compile_reports()
     for name in ("asr", "aligner"):
         CLOCK.record(f"{name} engine", *spans[name], verdict(reports[name]))
-    check_native_classes()  # after qwen-asr's import (VllmEngine's) had its chance
     with CLOCK.phase("warm-up"):
         engine.warm_up()
     log.info("loaded %s and %s on vLLM (AsyncLLM, ASR memory %.2f, aligner %.2f, %d front-end "

@@ -26,7 +26,10 @@ logger = logging.getLogger("vllm.v1.engine.async_llm")  # the real module's logg
 # the client says "shutdown" or a signal ends it. Like the real one it does not notice that its
 # parent is gone: a worker that dies without ending it leaves it running.
 _CORE = r"""
+# EngineCore (the name the real one's process carries)
 import os, sys, time
+if os.environ.get("STAND_IN_CORE_FAIL") == sys.argv[1]:  # e.g. "pooling": the aligner's fails
+    sys.exit("stand-in engine core: failing its start as STAND_IN_CORE_FAIL asks")
 gate = os.environ.get("STAND_IN_CORE_GATE")
 while gate and not os.path.exists(gate):
     time.sleep(0.02)
@@ -43,14 +46,21 @@ if sys.stdin.readline().strip() != "shutdown":  # the parent died: stay, as the 
 class EngineCoreProc:
     """The stand-in engine core's process, started and shut down as the real one is."""
 
-    def __init__(self) -> None:
+    def __init__(self, runner: str) -> None:
         import subprocess
         import sys
 
-        self.proc = subprocess.Popen([sys.executable, "-c", _CORE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", _CORE, runner],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("Engine core initialization failed. See root cause above.")
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc.stdin.close()
+            raise RuntimeError("Engine core initialization failed. See root cause above. "
+                               "Failed core proc(s): {'EngineCore': %d}" % self.proc.returncode)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def shutdown(self) -> None:
         if self.proc.poll() is None:
@@ -105,7 +115,7 @@ class AsyncLLM:
         # The real engine-core process is spawned here and inherits this environment.
         self.spawn_env = dict(os.environ)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.core = EngineCoreProc()
+        self.core = EngineCoreProc("pooling" if self.pooling else "generate")
         CREATED.append(self)
 
     @classmethod
@@ -167,7 +177,7 @@ class AsyncLLM:
     def _check_alive(self) -> None:
         from ... import KILL
 
-        if KILL:
+        if KILL or not self.core.alive():  # a core process that died: every request fails
             self.errored = True
         if self.errored:
             raise EngineDeadError()
@@ -178,7 +188,8 @@ class AsyncLLM:
         with "type") is checked again, as the real one checks it."""
         from ... import ACTIVE
 
-        if self.errored:
+        if self.errored or not self.core.alive():
+            self.errored = True
             raise EngineDeadError()
         if self._loop is None:  # the real one starts its output task here
             self._loop = asyncio.get_running_loop()
