@@ -4,6 +4,7 @@ explain themselves in one line, and the acceptance self-test."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -168,8 +169,12 @@ def test_self_test_passes_with_working_models_and_prints_its_figures(model_dirs,
     proc = _self_test(worker_env(model_dirs["english"], model_dirs["aligner"], tmp_path / "w"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "espeak-ng speech, 2 chunks" in proc.stdout
-    for figure in ("load ", " s | clip ", "RTF ", "GPU memory: no GPU"):
+    for figure in ("ready ", " s after process start | clip ", "RTF ", "GPU memory: no GPU"):
         assert figure in proc.stdout
+    # The start-up's phase lines, as the worker logs them (qwen_worker.startup).
+    for phase in ("settings", "models"):
+        assert re.search(rf"^start-up phase: {phase} [\d.]+ s \([\d.]+ -> [\d.]+ s after "
+                         "process start", proc.stdout, re.M), proc.stdout
     assert proc.stdout.rstrip().endswith("self-test passed")
 
 
@@ -180,3 +185,72 @@ def test_self_test_fails_when_speech_gives_no_text(model_dirs, tmp_path):
     assert "FAIL no text for a clip of speech" in proc.stdout
     assert proc.stdout.rstrip().endswith("self-test FAILED")
 
+
+
+# -- the compile cache's folder and the engines' KV caches (pure: no engine starts) ----------
+
+def test_the_compile_cache_goes_to_the_network_volume_when_one_is_mounted(tmp_path):
+    from qwen_worker.compile_cache import choose
+
+    volume, container = tmp_path / "runpod-volume", tmp_path / "container"
+    kwargs = {"volume": volume, "volume_cache": volume / "cache", "container": container}
+    # No volume: the container's disk (vLLM's own default place).
+    assert choose("", {}, **kwargs).path == container
+    volume.mkdir()
+    root = choose("", {}, **kwargs)
+    assert root.path == volume / "cache" and root.path.is_dir()
+    assert list(root.path.iterdir()) == []  # the write check left nothing behind
+    # The deployment's own choice wins: our setting, then vLLM's variable.
+    assert choose("", {"VLLM_CACHE_ROOT": str(tmp_path / "v")}, **kwargs).path == tmp_path / "v"
+    assert choose(str(tmp_path / "mine"), {"VLLM_CACHE_ROOT": str(tmp_path / "v")},
+                  **kwargs).path == tmp_path / "mine"
+
+
+def test_a_compile_cache_folder_that_cannot_be_written_falls_back_with_a_warning(tmp_path,
+                                                                                caplog):
+    from qwen_worker.compile_cache import choose
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    root = choose(str(blocked / "cache"), {}, volume=tmp_path / "none",
+                  volume_cache=tmp_path / "none" / "c", container=tmp_path / "container")
+    assert root.path == tmp_path / "container" and "not usable" in root.why
+    assert "COMPILE_CACHE_DIR" in caplog.text and "not usable" in caplog.text
+
+
+def test_start_up_says_whether_each_engine_found_its_compiled_graphs():
+    from qwen_worker.compile_cache import verdict
+
+    assert verdict({"loaded": 2, "compiled": 0, "saved": 0, "dir": "", "seconds": 5.1}) == \
+        "compile cache: hit (2 artifacts loaded)"
+    assert verdict({"loaded": 0, "compiled": 3, "saved": 3, "dir": "", "seconds": 31.0}) \
+        .startswith("compile cache: miss (compiled in 31.0 s")
+    assert verdict({"loaded": 0, "compiled": 0, "saved": 0, "dir": "", "seconds": 0}) == \
+        "compile cache: not used (eager)"
+    assert verdict(None) == "compile cache: unknown"
+
+
+def test_each_engine_gets_its_share_of_the_card_less_its_weights_and_the_reserve(model_dirs):
+    from qwen_worker.model_files import parameter_count
+    from qwen_worker.vllm_engine import GIB, kv_cache_plan
+
+    asr, aligner = str(model_dirs["english"]), str(model_dirs["aligner"])
+    settings = load_settings({"ASR_BACKEND": "vllm", "ASR_DTYPE": "bfloat16",
+                              "VLLM_ACTIVATION_RESERVE_GIB": "1.5"})
+    plan = kv_cache_plan(settings, asr, aligner, 80 * GIB)
+    weights = parameter_count(model_dirs["english"]) * 2  # bf16
+    assert weights > 0
+    assert plan.asr_bytes == int(80 * GIB * 0.45) - weights - int(1.5 * GIB)
+    assert plan.aligner_bytes == (int(80 * GIB * 0.30)
+                                  - parameter_count(model_dirs["aligner"]) * 2 - int(1.5 * GIB))
+    # No card known, or the setting asks vLLM to profile: no fixed sizes.
+    assert kv_cache_plan(settings, asr, aligner, None) is None
+    profiled = load_settings({"ASR_BACKEND": "vllm", "VLLM_KV_CACHE_SIZING": "profiled"})
+    assert kv_cache_plan(profiled, asr, aligner, 80 * GIB) is None
+    # A share that leaves no room for a KV cache is refused at start-up, naming the setting.
+    small = load_settings({"ASR_BACKEND": "vllm", "VLLM_ALIGNER_GPU_MEMORY_UTILIZATION": "0.05"})
+    with pytest.raises(StartupError, match=r"VLLM_ALIGNER_GPU_MEMORY_UTILIZATION=0.05 of this "
+                                           r"card's 24.0 GiB .* raise VLLM_ALIGNER_GPU_MEMORY"):
+        kv_cache_plan(small, asr, aligner, 24 * GIB)
+    with pytest.raises(ConfigError, match="VLLM_KV_CACHE_SIZING must be"):
+        load_settings({"VLLM_KV_CACHE_SIZING": "guess"})

@@ -83,7 +83,8 @@ def _engines(vllm):
 
 def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, model_dirs,
                                                                 monkeypatch):
-    from qwen_worker.vllm_engine import ALIGNER_ARCHITECTURE, aligner_engine_args, asr_engine_args
+    from qwen_worker.vllm_engine import (ALIGNER_ARCHITECTURE, aligner_engine_args,
+                                         asr_engine_args, kv_cache_plan)
 
     settings = _settings(model_dirs, VLLM_MAX_NUM_SEQS="48", MAX_NEW_TOKENS="1500")
     monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
@@ -92,7 +93,13 @@ def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, mode
     assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     asr, aligner = _engines(fake_vllm)
     assert engine.backend == "vllm" and engine.batches_itself
-    assert asr.args == asr_engine_args(settings, str(model_dirs["english"]))
+    # Each KV cache fixed from the (stand-in's 24 GiB) card, so that both started together.
+    plan = kv_cache_plan(settings, str(model_dirs["english"]), str(model_dirs["aligner"]),
+                         24 << 30)
+    fixed = {"skip_mm_profiling": True}
+    assert asr.args == {**asr_engine_args(settings, str(model_dirs["english"])), **fixed,
+                        "kv_cache_memory_bytes": plan.asr_bytes}
+    assert aligner.args["kv_cache_memory_bytes"] == plan.aligner_bytes
     assert asr.args["max_num_batched_tokens"] >= 3900 and asr.args["max_num_seqs"] == 48
     assert asr.args["limit_mm_per_prompt"] == {"audio": 1}
     assert aligner.args["runner"] == "pooling"
@@ -104,8 +111,9 @@ def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, mode
     ts_id = aligner.tokenizer.convert_tokens_to_ids("<timestamp>")
     assert aligner.args["pooler_config"].step_tag_id == ts_id
     assert {k: v for k, v in aligner.args.items() if k != "pooler_config"} == {
-        k: v for k, v in aligner_engine_args(settings, str(model_dirs["aligner"]), ts_id).items()
-        if k != "pooler_config"}
+        **{k: v for k, v in aligner_engine_args(settings, str(model_dirs["aligner"]),
+                                                ts_id).items() if k != "pooler_config"},
+        **fixed, "kv_cache_memory_bytes": plan.aligner_bytes}
     # The warm-up ran a full-length (300 s) chunk through both models before any job.
     (warm_asr,) = asr.requests
     (warm_align,) = aligner.requests
@@ -916,3 +924,19 @@ def test_an_asr_engine_that_cannot_be_resumed_fails_jobs_with_refresh(fake_vllm,
         engine.transcribe([np.zeros(SECOND, np.float32)], [None], [""])
     assert is_fatal_gpu_error(later.value)
     assert fake_vllm.ACTIVE == set()
+
+
+def test_profiled_kv_caches_start_the_engines_one_after_the_other(fake_vllm, model_dirs):
+    """VLLM_KV_CACHE_SIZING=profiled: vLLM sizes each KV cache from the free memory it finds,
+    so the second engine starts only once the first holds its memory (the start-up before the
+    sizes were fixed). The default starts both at once (tests/test_exit.py)."""
+    from qwen_worker.startup import CLOCK
+
+    engine = load_engine(_settings(model_dirs, VLLM_KV_CACHE_SIZING="profiled"))
+    try:
+        asr, aligner = _engines(fake_vllm)
+        for args in (asr.args, aligner.args):
+            assert "kv_cache_memory_bytes" not in args and "skip_mm_profiling" not in args
+        assert CLOCK.phases["asr engine"][1] <= CLOCK.phases["aligner engine"][0]
+    finally:
+        engine.close()

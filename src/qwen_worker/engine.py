@@ -316,21 +316,23 @@ def load_engine(settings: Settings) -> Engine:
         from .vllm_engine import load_vllm_engine
 
         return load_vllm_engine(settings, asr_path, aligner_path)
-    from qwen_asr import Qwen3ASRModel
+    from .startup import CLOCK
 
-    configure_torch(settings.device)
+    with CLOCK.phase("models"):
+        from qwen_asr import Qwen3ASRModel
 
-    device_map = "cuda:0" if settings.device == "cuda" else "cpu"
-    aligner_kwargs = {"dtype": _torch_dtype(settings.dtype), "device_map": device_map}
-    model = Qwen3ASRModel.from_pretrained(
-        asr_path,
-        forced_aligner=aligner_path,
-        forced_aligner_kwargs=aligner_kwargs,
-        max_inference_batch_size=settings.asr_batch_size,
-        max_new_tokens=settings.max_new_tokens,
-        dtype=_torch_dtype(settings.dtype),
-        device_map=device_map,
-    )
+        configure_torch(settings.device)
+        device_map = "cuda:0" if settings.device == "cuda" else "cpu"
+        aligner_kwargs = {"dtype": _torch_dtype(settings.dtype), "device_map": device_map}
+        model = Qwen3ASRModel.from_pretrained(
+            asr_path,
+            forced_aligner=aligner_path,
+            forced_aligner_kwargs=aligner_kwargs,
+            max_inference_batch_size=settings.asr_batch_size,
+            max_new_tokens=settings.max_new_tokens,
+            dtype=_torch_dtype(settings.dtype),
+            device_map=device_map,
+        )
     log.info("loaded %s (%s backend) with aligner %s", settings.asr_model, settings.backend,
              settings.aligner_model)
     return QwenEngine(model, backend=settings.backend, asr_model=settings.asr_model,

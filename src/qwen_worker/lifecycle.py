@@ -257,6 +257,13 @@ def end_child_processes(grace: float = CHILD_GRACE_SECONDS) -> list[int]:
     psutil.wait_procs(alive, timeout=grace)
     if tracker is not None and any(c.pid == tracker for c in children):
         _stop_resource_tracker(grace)
+    with contextlib.suppress(psutil.Error):  # whatever is still there (started meanwhile)
+        rest = psutil.Process().children(recursive=True)
+        for child in rest:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(rest, timeout=grace)
+        children += [c for c in rest if c not in children]
     if children:
         log.info("ended %d child processes", len(children))
     return [c.pid for c in children]

@@ -21,8 +21,8 @@ logger = logging.getLogger("vllm.v1.engine.async_llm")  # the real module's logg
 
 
 # The engine core: a process of its own, as the real one's (spawned, then a handshake). It
-# starts, waits for STAND_IN_CORE_GATE to exist when that is set (a test holds start-up there),
-# writes its PID into STAND_IN_CORE_PIDS (a folder) when set, says "ready", and then runs until
+# starts, writes its PID into STAND_IN_CORE_PIDS (a folder) when set, waits for
+# STAND_IN_CORE_GATE to exist when that is set (a test holds start-up there), says "ready", and then runs until
 # the client says "shutdown" or a signal ends it. Like the real one it does not notice that its
 # parent is gone: a worker that dies without ending it leaves it running.
 _CORE = r"""
@@ -30,12 +30,12 @@ _CORE = r"""
 import os, sys, time
 if os.environ.get("STAND_IN_CORE_FAIL") == sys.argv[1]:  # e.g. "pooling": the aligner's fails
     sys.exit("stand-in engine core: failing its start as STAND_IN_CORE_FAIL asks")
-gate = os.environ.get("STAND_IN_CORE_GATE")
-while gate and not os.path.exists(gate):
-    time.sleep(0.02)
 pids = os.environ.get("STAND_IN_CORE_PIDS")
 if pids:
     open(os.path.join(pids, str(os.getpid())), "w").close()
+gate = os.environ.get("STAND_IN_CORE_GATE")
+while gate and not os.path.exists(gate):
+    time.sleep(0.02)
 print("ready", flush=True)
 if sys.stdin.readline().strip() != "shutdown":  # the parent died: stay, as the real one does
     while True:
