@@ -475,3 +475,16 @@ def test_hub_tests_send_inputs_the_worker_accepts():
         assert ("audio_url" in job_input) != ("audio_base64" in job_input)
         assert job_input.get("audio_url", "https://").startswith("https://")
         parse_request(job_input, config.load_settings({}).max_context_chars)
+
+
+def test_the_image_holds_compiled_bytecode_so_no_cold_start_compiles_it(dockerfile):
+    """At start-up 14 processes import vLLM, torch and transformers at once: bytecode compiled
+    at build time (uv's UV_COMPILE_BYTECODE, compileall for the source) spares each of them."""
+    compile_env = _index(dockerfile, lambda ins, args: ins == "ENV"
+                         and "UV_COMPILE_BYTECODE=1" in args, "ENV UV_COMPILE_BYTECODE=1")
+    deps = _index(dockerfile, lambda ins, args: ins == "RUN" and "uv pip install" in args,
+                  "uv pip install")
+    source = _index(dockerfile, lambda ins, args: ins == "COPY" and args.startswith("src"),
+                    "COPY src/")
+    assert compile_env < deps
+    assert dockerfile[source + 1] == ("RUN", "python -m compileall -q /app/src")

@@ -25,6 +25,7 @@ import requests
 
 import media
 from job_api import JobApi, JobLoopWorker
+from reaper import running
 from worker_server import NETGUARD, ROOT, free_port, worker_env
 
 STAND_INS = Path(__file__).resolve().parent / "stand_ins"
@@ -49,14 +50,6 @@ def _pids_dir(tmp_path: Path) -> Path:
 
 def core_pids(tmp_path: Path) -> list[int]:
     return sorted(int(p.name) for p in _pids_dir(tmp_path).iterdir())
-
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def wait_until(condition, timeout: float, what: str, log=lambda: "") -> None:
