@@ -21,7 +21,11 @@ from qwen_worker.startup import run  # noqa: E402
 
 
 def serve() -> int | None:
+    import logging
+
     from qwen_worker.startup import CLOCK, end_everything, start
+
+    log = logging.getLogger("handler")
 
     if "--self-test" in sys.argv[1:]:
         from qwen_worker.selftest import run_self_test
@@ -45,6 +49,7 @@ def serve() -> int | None:
             with CLOCK.phase("fitness check"):
                 warm_up(engine)
         except BaseException:
+            log.exception("the fitness check failed")  # runpod logs only the message
             end_everything()  # runpod ends the process with os._exit(1): nothing closes after
             raise
         CLOCK.ready("ready for jobs")

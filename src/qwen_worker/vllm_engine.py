@@ -804,7 +804,14 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
                           f"{plan.aligner_bytes / GIB:.2f} GiB of {plan.card_bytes / GIB:.1f}")
         else:
             detail.append("KV cache profiled by vLLM: engines start one after the other")
-        configs = {name: AsyncEngineArgs(**a).create_engine_config() for name, a in args.items()}
+        # Together: on a cold cache each resolves its model class in a subprocess of its own
+        # (~20 s; vLLM keeps the answer under VLLM_CACHE_ROOT/modelinfos for later starts).
+        from vllm.model_executor.models import ModelRegistry  # noqa: F401 - imported once, here
+
+        making = {name: _in_thread(f"config-{name}",
+                                   lambda a=a: AsyncEngineArgs(**a).create_engine_config())
+                  for name, a in args.items()}
+        configs = {name: future.result() for name, future in making.items()}
 
     spans: dict[str, tuple[float, float]] = {}
 
@@ -832,6 +839,10 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
 
             aligner_text = Qwen3ForceAlignProcessor()
             check_native_classes()
+            # The job side's own tokenizers (plain transformers ones: vLLM's engine keeps a
+            # thread-pool wrapper that cannot be copied, and ContextFitter copies).
+            tokenizers = {"asr": AutoTokenizer.from_pretrained(asr_path),
+                          "aligner": AutoTokenizer.from_pretrained(aligner_path)}
         with engine_process_env(settings):
             if plan is None:  # each profiles the free memory: one after the other
                 def both() -> dict[str, Any]:
@@ -863,8 +874,7 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
         raise
     asr, aligner = started["asr"], started["aligner"]
     engine = VllmEngine(asr, aligner, front=front, aligner_text=aligner_text,
-                        # the engines' own tokenizers: each is loaded once
-                        tokenizer=asr.tokenizer, aligner_tokenizer=aligner.tokenizer,
+                        tokenizer=tokenizers["asr"], aligner_tokenizer=tokenizers["aligner"],
                         aligner_config=aligner_config, asr_model=settings.asr_model,
                         aligner_model=settings.aligner_model,
                         max_new_tokens=settings.max_new_tokens,

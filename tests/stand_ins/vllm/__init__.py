@@ -50,6 +50,7 @@ __version__ = "0.22.0"
 SURFACE = json.loads((Path(__file__).parent / "surface.json").read_text())
 
 CREATED: list = []  # every AsyncLLM made, in order
+CORES: list = []  # every engine-core process started (shut down by whoever made them)
 ACTIVE: set[str] = set()  # request ids in flight, over all engines
 SCRIPT = "language English<asr_text>Hello from the stand-in."
 STEP_SECONDS = 0.0

@@ -50,8 +50,11 @@ class EngineCoreProc:
         import subprocess
         import sys
 
+        from ... import CORES
+
         self.proc = subprocess.Popen([sys.executable, "-c", _CORE, runner],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        CORES.append(self)
         if self.proc.stdout.readline().strip() != "ready":
             self.proc.wait()
             self.proc.stdout.close()
