@@ -806,7 +806,7 @@ def load_vllm_engine(settings: Settings, asr_path: str, aligner_path: str) -> Vl
             detail.append("KV cache profiled by vLLM: engines start one after the other")
         # Together: on a cold cache each resolves its model class in a subprocess of its own
         # (~20 s; vLLM keeps the answer under VLLM_CACHE_ROOT/modelinfos for later starts).
-        from vllm.model_executor.models import ModelRegistry  # noqa: F401 - imported once, here
+        from vllm import ModelRegistry  # noqa: F401 - the registry, imported once, here
 
         making = {name: _in_thread(f"config-{name}",
                                    lambda a=a: AsyncEngineArgs(**a).create_engine_config())
