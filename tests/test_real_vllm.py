@@ -185,3 +185,21 @@ def test_a_kept_pause_steps_nothing_and_drops_nothing(real):
         "steps_before": True, "answered_at_once": True, "steps_while_paused": False,
         "requests_kept": [["w1", "w2"], ["r1"]], "steps_after_resume": True,
         "unfinished_by_state": {"UNPAUSED": 3, "PAUSED_NEW": 1, "PAUSED_ALL": 0}}
+
+
+def test_a_real_engine_core_that_fails_its_start_leaves_no_process(model_dirs, tmp_path):
+    """The real vLLM's engine core (and the worker process it spawns) on CPU, where it starts
+    and then fails its initialisation: the worker exits with status 1 and nothing it started,
+    at any depth, is left running (tests/reaper.py)."""
+    python = os.environ.get("REAL_VLLM_PYTHON", sys.executable)
+    left = tmp_path / "left.json"
+    env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run([sys.executable, str(HERE / "reaper.py"), str(left), "--", python,
+                          str(HERE / "real_vllm_start.py"), str(model_dirs["english"]),
+                          str(model_dirs["aligner"])],
+                         env=env, capture_output=True, text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out[-3000:]
+    assert "(EngineCore pid=" in out  # the real engine core ran, in a process of its own
+    assert "Engine core initialization failed" in out
+    assert json.loads(left.read_text()) == []
