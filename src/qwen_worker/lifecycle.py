@@ -283,9 +283,29 @@ def _stop_resource_tracker(grace: float) -> None:
     from multiprocessing import resource_tracker
 
     pid = _resource_tracker_pid()
+    # The process is ending: nothing may start a tracker again. A semaphore's finalizer
+    # unregisters it on the way out, which relaunches a stopped tracker: a new process that
+    # would outlive this one.
+    resource_tracker.register = resource_tracker.unregister = lambda *args: None
+    resource_tracker.ensure_running = lambda: None
     stopper = threading.Thread(target=resource_tracker._resource_tracker._stop, daemon=True)
     stopper.start()
     stopper.join(grace)
     if stopper.is_alive() and pid is not None:
         with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()
+
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def adopt_orphans() -> None:
+    """Make this process the reaper of its descendants' orphans (Linux): a process whose
+    parent ends before it (a grandchild of a front-end or engine process that was ended) is
+    handed to this process instead of init, so `end_child_processes` still finds it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: orphans go to init, as before
+        log.debug("cannot become a child subreaper", exc_info=True)

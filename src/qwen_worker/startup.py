@@ -188,6 +188,9 @@ def end_everything() -> list[int]:
 def run(main: Callable[[], int | None]) -> NoReturn:
     """Run an entry point's `main` and end the process with its status: 0 when it returns,
     a SystemExit's code, 1 after an exception (logged)."""
+    from .lifecycle import adopt_orphans
+
+    adopt_orphans()
     if threading.current_thread() is threading.main_thread():
         # Until runpod's job loop or uvicorn installs its own (lifecycle wraps those).
         signal.signal(signal.SIGTERM, _sigterm_during_startup)
