@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +14,24 @@ for _var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROX
     os.environ.pop(_var, None)
 # The tests rely on runpod's guard being ON (only the narrow loopback allowance is used).
 os.environ.pop("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", None)
+
+# The processes the tests start see Ctrl-C as a user's terminal delivers it. A test run started
+# in the background (`cmd &` in a script, nohup, some CI runners) has SIGINT ignored, and an
+# ignored signal stays ignored in every child, across exec: Python then installs no
+# KeyboardInterrupt handler, and tests/test_client.py's Ctrl-C never reached the client (it
+# failed in one of three CI runs). A handler set here is reset to the default action in a child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# Compiled bytecode is kept between processes. The tests start many Python processes (workers,
+# servers, engine front ends, clients), most of which import torch and transformers; with
+# bytecode caching off (PYTHONDONTWRITEBYTECODE=1, as some containers set) or no .pyc in the venv
+# (uv installs none), each of them compiled those packages again: ~8 CPU s a process. The cache
+# lives beside the checkout (ignored by git), not in the venv, which may be shared.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ.setdefault("PYTHONPYCACHEPREFIX", str(Path(__file__).resolve().parents[1] / ".pycache"))
+sys.dont_write_bytecode = False
+sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"]
 
 
 @pytest.fixture

@@ -1,24 +1,68 @@
-"""A loopback HTTP server whose routes play well-behaved and hostile audio hosts."""
+"""Loopback HTTP servers for the tests: the base every stand-in server is built on, and
+AudioHost, whose routes play well-behaved and hostile audio hosts."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 
 Route = Callable[[BaseHTTPRequestHandler], None]
 
 
-class AudioHost:
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no request log on stderr, and JSON answers."""
+
+    protocol_version = "HTTP/1.1"
+
+    def send_json(self, status: int, body: Any = None) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class LoopbackServer:
+    """`handler` served on a free loopback port (IPv6 for a host with ':') from a daemon
+    thread, one thread per connection, until close()."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1"):
+        server_cls = ThreadingHTTPServer
+        if ":" in host:
+            class V6(ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+            server_cls = V6
+        self.server = server_cls((host, 0), handler)
+        self.server.daemon_threads = True
+        self.host = host
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "") -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class AudioHost(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1"):
         self.routes: dict[str, Route] = {}
         self.hits: dict[str, int] = {}
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802
                 path = self.path.split("?", 1)[0]
                 outer.hits[path] = outer.hits.get(path, 0) + 1
@@ -31,30 +75,7 @@ class AudioHost:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def log_message(self, *args):
-                pass
-
-        server_cls = ThreadingHTTPServer
-        if ":" in host:
-            import socket
-
-            class V6(ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-            server_cls = V6
-        self.server = server_cls((host, 0), Handler)
-        self.server.daemon_threads = True
-        self.host = host
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, host)
 
     # ---- route builders -------------------------------------------------------------
     def file(self, path: str, body: bytes, content_type: str = "audio/mpeg",

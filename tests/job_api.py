@@ -14,17 +14,16 @@ This server records every call, so tests assert exactly what the SDK posted back
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from worker_server import ROOT
+from http_server import LoopbackServer, QuietHandler
+from worker_server import ROOT, LoggedProcess
 
 WORKER_ID = "worker-test"
 _IDLE_POLL_SECONDS = 0.3  # how long an empty job-take is held open (the real one long-polls)
@@ -39,8 +38,8 @@ class Post:
     at: float
 
 
-@dataclass
-class JobApi:
+@dataclass(eq=False)
+class JobApi(LoopbackServer):
     """The job queue and the record of what the worker fetched and posted."""
 
     queue: deque = field(default_factory=deque)
@@ -52,9 +51,7 @@ class JobApi:
     def __post_init__(self) -> None:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
@@ -62,15 +59,15 @@ class JobApi:
                     want = int(query.get("batch_size", ["1"])[0])
                     jobs = api._take(want)
                     if not jobs:
-                        return self._send(204)
+                        return self.send_json(204)
                     body = jobs if "/job-take-batch/" in url.path else jobs[0]
-                    return self._send(200, body)
+                    return self.send_json(200, body)
                 if "/job-stop/" in url.path:
                     time.sleep(_IDLE_POLL_SECONDS)
                     with api.lock:
                         ids, api.stops = api.stops, []
-                    return self._send(200, {"jobsToStop": ids}) if ids else self._send(204)
-                return self._send(200, {})
+                    return self.send_json(200, {"jobsToStop": ids}) if ids else self.send_json(204)
+                return self.send_json(200, {})
 
             def do_POST(self):  # noqa: N802
                 url = urlparse(self.path)
@@ -82,23 +79,10 @@ class JobApi:
                         api.posts.append(Post(url.path.rsplit("/", 1)[1], json.loads(raw),
                                               self.headers.get("X-Request-ID"),
                                               query.get("isStream", [""])[0], time.monotonic()))
-                self._send(200, {})
+                self.send_json(200, {})
 
-            def _send(self, status: int, body=None):
-                data = b"" if body is None or status == 204 else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
+        self.base = self.url()
 
     def _take(self, want: int) -> list[dict]:
         end = time.monotonic() + _IDLE_POLL_SECONDS
@@ -146,26 +130,15 @@ class JobApi:
             "RUNPOD_SKIP_GPU_CHECK": "true",
         }
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
-
-class JobLoopWorker:
+class JobLoopWorker(LoggedProcess):
     """`python src/handler.py` with no flags: runpod's production job loop against `api`."""
 
     def __init__(self, api: JobApi, env: dict[str, str], log_path: Path,
                  script: Path = ROOT / "src" / "handler.py", wrapper: tuple[str, ...] = ()):
         """wrapper: a command that ends by running its arguments (e.g. a namespace set-up)."""
-        env = {**env, **api.env()}
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([*wrapper, sys.executable, str(script)], env=env, cwd=ROOT,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-8000:]
+        super().__init__([*wrapper, sys.executable, str(script)], {**env, **api.env()},
+                         log_path, grace=0)  # close() kills it: the tests that end it wait
 
     def children(self) -> list[int]:
         """Live child processes of the worker (ffmpeg, ...)."""
@@ -173,9 +146,3 @@ class JobLoopWorker:
         for task in Path(f"/proc/{self.proc.pid}/task").glob("*/children"):
             kids += [int(p) for p in task.read_text().split()]
         return kids
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()

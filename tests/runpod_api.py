@@ -18,16 +18,16 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from http_server import LoopbackServer, QuietHandler
 from job_api import JobApi
 
 API_KEY = "test-api-key"
 ENDPOINT_ID = "ep-test"
 
 
-@dataclass
-class ClientApi:
+@dataclass(eq=False)
+class ClientApi(LoopbackServer):
     worker_api: JobApi | None = None  # None: jobs are only recorded (with hold)
     hold: bool = False
     runs: list[dict] = field(default_factory=list)  # the /run bodies
@@ -39,16 +39,14 @@ class ClientApi:
     def __post_init__(self) -> None:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802
                 m = re.fullmatch(rf"/v2/{ENDPOINT_ID}/status/([\w-]+)", self.path)
                 if not self._authorized():
                     return
                 if m is None:
-                    return self._send(404, {"error": "not found"})
-                self._send(200, api._status(m.group(1)))
+                    return self.send_json(404, {"error": "not found"})
+                self.send_json(200, api._status(m.group(1)))
 
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length", "0") or 0)
@@ -56,36 +54,23 @@ class ClientApi:
                 if not self._authorized():
                     return
                 if self.path == f"/v2/{ENDPOINT_ID}/run":
-                    return self._send(200, api._run(json.loads(raw)))
+                    return self.send_json(200, api._run(json.loads(raw)))
                 m = re.fullmatch(rf"/v2/{ENDPOINT_ID}/cancel/([\w-]+)", self.path)
                 if m is None:
-                    return self._send(404, {"error": "not found"})
-                self._send(200, api._cancel(m.group(1)))
+                    return self.send_json(404, {"error": "not found"})
+                self.send_json(200, api._cancel(m.group(1)))
 
             def _authorized(self) -> bool:
                 if self.headers.get("Authorization") == f"Bearer {API_KEY}":
                     return True
                 with api.lock:
                     api.unauthorized += 1
-                self._send(401, {"error": "Unauthorized"})
+                self.send_json(401, {"error": "Unauthorized"})
                 return False
 
-            def _send(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/v2"
         self._seen: dict[str, int] = {}  # job -> posts revealed so far
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
+        self.base = self.url("/v2")
 
     def _run(self, body: dict) -> dict:
         job_id = f"job-{uuid.uuid4().hex[:12]}"
@@ -124,7 +109,3 @@ class ClientApi:
             with self.worker_api.lock:  # RunPod tells the worker to stop the job
                 self.worker_api.stops.append(job_id)
         return {"id": job_id, "status": "CANCELLED"}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

@@ -183,7 +183,7 @@ def test_a_file_too_large_to_go_inline_is_refused_with_how_to_pass_a_url(tmp_pat
 
 def test_ctrl_c_cancels_the_job_on_the_endpoint(tmp_path):
     api = ClientApi(hold=True)  # the job stays queued until the client gives up on it
-    proc = None
+    proc = None  # started with SIGINT's default action, as from a terminal (tests/conftest.py)
     try:
         audio = media.make_audio(tmp_path / "a.wav", 2.0)
         proc = subprocess.Popen(

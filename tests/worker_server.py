@@ -38,47 +38,65 @@ def worker_env(asr: Path, aligner: Path, work_dir: Path, **extra: str) -> dict[s
     return env
 
 
-class WorkerServer:
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "src" / "handler.py"), "--rp_serve_api",
-             "--rp_api_host", "127.0.0.1", "--rp_api_port", str(self.port)],
-            env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_ready(300.0)
+class LoggedProcess:
+    """A process the tests start, its output in `log_path`: log() is its tail; close() ends it
+    (SIGTERM, then SIGKILL after `grace` s; at once with grace=0)."""
 
-    def _wait_ready(self, timeout: float) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path,
+                 grace: float = 15.0):
+        self.log_path = log_path
+        self.grace = grace
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def wait_ready(self, probe, timeout: float, what: str) -> None:
+        """Until probe() is true (a connection refused counts as false); raises if the process
+        exits or `timeout` s pass first."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log()}")
+                raise RuntimeError(f"{what} exited early:\n{self.log()}")
             try:
-                if requests.get(self.url + "/docs", timeout=2).status_code == 200:
+                if probe():
                     return
             except requests.ConnectionError:
                 pass
-            time.sleep(0.3)
-        raise RuntimeError(f"worker did not start in {timeout} s:\n{self.log()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{what} not ready in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-8000:]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            if self.grace:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=self.grace)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+            else:
+                self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+class WorkerServer(LoggedProcess):
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            [sys.executable, str(ROOT / "src" / "handler.py"), "--rp_serve_api",
+             "--rp_api_host", "127.0.0.1", "--rp_api_port", str(self.port)], env, log_path)
+        self.wait_ready(lambda: requests.get(self.url + "/docs", timeout=2).status_code == 200,
+                        300.0, "worker")
 
     def runsync(self, job_input: dict, timeout: float = 180.0) -> dict:
         r = requests.post(self.url + "/runsync", json={"input": job_input}, timeout=timeout)
         assert r.status_code == 200, r.text
         return r.json()
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
 
 
 def run_test_input(env: dict[str, str], job: dict, timeout: float = 180.0,
