@@ -35,36 +35,78 @@ STAND_INS = str(Path(__file__).parent / "stand_ins")
 SECOND = 16000
 
 
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    """The stand-in as `vllm`; the real package (importable in CI) is put back afterwards."""
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(STAND_INS)
-    import vllm
+@pytest.fixture(scope="module")
+def stand_in():
+    """The stand-in as `vllm` for this module; the real package (importable in CI) is put back
+    afterwards. Front ends are recorded in FRONTS (the test's own: see fake_vllm)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+            mp.delitem(sys.modules, name)
+        mp.syspath_prepend(STAND_INS)
+        import vllm
 
-    assert vllm.__file__.startswith(STAND_INS)
+        assert vllm.__file__.startswith(STAND_INS)
+        import qwen_worker.vllm_engine as vllm_engine
+
+        class RecordedFrontEnd(vllm_engine.FrontEnd):  # closed after the test: no process left
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                vllm.FRONTS.append(self)
+
+        mp.setattr(vllm_engine, "FrontEnd", RecordedFrontEnd)
+        yield vllm
+        for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+            del sys.modules[name]
+
+
+@pytest.fixture
+def fake_vllm(stand_in, monkeypatch):
+    """The stand-in, with this test's own records: the engines, engine cores, front ends and
+    requests in flight made during the test (the module's `engine` comes as made in it)."""
+    vllm = stand_in
     monkeypatch.setattr(vllm, "CREATED", [])
     monkeypatch.setattr(vllm, "CORES", [])
     monkeypatch.setattr(vllm, "ACTIVE", set())
-    import qwen_worker.vllm_engine as vllm_engine
-
-    fronts: list = []
-
-    class RecordedFrontEnd(vllm_engine.FrontEnd):  # closed after the test: no process left
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            fronts.append(self)
-
-    monkeypatch.setattr(vllm_engine, "FrontEnd", RecordedFrontEnd)
-    vllm.FRONTS = fronts
+    monkeypatch.setattr(vllm, "FRONTS", [], raising=False)
     yield vllm
-    for front in fronts:
+    for front in vllm.FRONTS:
         front.close()
     for core in vllm.CORES:  # every engine-core process, also of engines a test let go
         core.shutdown()
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def module_engine(stand_in, model_dirs):
+    """One engine of the default settings, loaded once for the tests that need nothing else
+    (the front-end process's start dominates a load): with its engines, engine cores and front
+    end."""
+    made = ([], [], [])
+    with pytest.MonkeyPatch.context() as mp:
+        for name, records in zip(("CREATED", "CORES", "FRONTS"), made):
+            mp.setattr(stand_in, name, records, raising=False)
+        engine = load_engine(_settings(model_dirs))
+    yield engine, made
+    engine.close()
+    for core in made[1]:
+        core.shutdown()
+
+
+@pytest.fixture
+def engine(fake_vllm, module_engine):
+    """The module's engine, as if this test had loaded it: its two engines are the test's
+    CREATED and its front end the test's FRONTS, and what they recorded is only the warm-up."""
+    engine, (created, _, fronts) = module_engine
+    assert engine._fatal is None and all(llm.core.alive() for llm in created)  # usable
+    for llm in created:
+        del llm.requests[1:]  # the warm-up's request stays first
+        llm.aborted.clear()
+        llm.pause_log.clear()
+        llm.steps.clear()
+    fake_vllm.CREATED.extend(created)
+    fake_vllm.FRONTS.extend(fronts)
+    yield engine
+    for front in fronts:  # not closed with the test's own
+        fake_vllm.FRONTS.remove(front)
 
 
 def _settings(model_dirs, **env):
@@ -185,7 +227,7 @@ def test_each_chunk_is_one_request_with_qwen_asrs_prompt(fake_vllm, model_dirs):
     assert fake_vllm.ACTIVE == set()
 
 
-def test_the_aligner_reuses_the_asrs_audio_features(fake_vllm, model_dirs, monkeypatch):
+def test_the_aligner_reuses_the_asrs_audio_features(fake_vllm, engine, monkeypatch):
     """Both models turn a chunk's audio into the same features (checked at start-up), so the
     aligner's input for a chunk the ASR has had is built from the ASR's: no second feature
     extraction in the front end. It equals what the aligner's own processing gives; audio the
@@ -193,7 +235,6 @@ def test_the_aligner_reuses_the_asrs_audio_features(fake_vllm, model_dirs, monke
     once the chunks are gone."""
     import gc
 
-    engine = load_engine(_settings(model_dirs))
     assert engine.reuses_features
     (front,) = fake_vllm.FRONTS
     asr, aligner = _engines(fake_vllm)
@@ -237,13 +278,11 @@ def test_the_aligner_reuses_the_asrs_audio_features(fake_vllm, model_dirs, monke
     assert fake_vllm.ACTIVE == set()
 
 
-def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, model_dirs,
-                                                               monkeypatch):
+def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, engine, monkeypatch):
     """The aligner's classes are 80 ms times: each request asks vLLM's STEP pooling for those
     within its chunk's audio and one past the end (a 30 s chunk: 377 of 5000 columns per
     `<timestamp>` row, not 5000), so a word is never put past the end of the audio it is in,
     and times within the audio come out as they would from all 5000."""
-    engine = load_engine(_settings(model_dirs))
     _, aligner = _engines(fake_vllm)
     chunks = [np.random.default_rng(i).normal(0, 0.1, s * SECOND).astype(np.float32)
               for i, s in enumerate((20, 31))]
@@ -252,7 +291,7 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, model_d
     within = engine.align(chunks, texts, english)
     asked = [r["params"].kwargs["returned_token_ids"] for r in aligner.requests[-2:]]
     assert asked == [list(range(252)), list(range(389))]  # 20 s / 80 ms + 2; 31 s
-    engine.within_audio = False  # all 5000 classes, as qwen-asr's transformers aligner reads them
+    monkeypatch.setattr(engine, "within_audio", False)  # all 5000 classes, as qwen-asr's transformers aligner reads them
     engine.transcribe(chunks, english, ["", ""])
     assert engine.align(chunks, texts, english) == within
     assert "returned_token_ids" not in aligner.requests[-1]["params"].kwargs
@@ -275,8 +314,7 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, model_d
 
 @pytest.mark.parametrize("language,suffix", [(None, "assistant\n"),
                                              ("French", "language French<asr_text>")])
-def test_detected_and_forced_language_prompts(fake_vllm, model_dirs, language, suffix):
-    engine = load_engine(_settings(model_dirs))
+def test_detected_and_forced_language_prompts(fake_vllm, engine, language, suffix):
     if language:
         fake_vllm.SCRIPT = "Bonjour."
     try:
@@ -289,8 +327,8 @@ def test_detected_and_forced_language_prompts(fake_vllm, model_dirs, language, s
                                         ("English", "Hello from the stand-in."))
 
 
-def test_token_count_and_limit_come_from_the_engines_output(fake_vllm, model_dirs):
-    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="256"))
+def test_token_count_and_limit_come_from_the_engines_output(fake_vllm, engine, model_dirs):
+    assert engine.max_new_tokens == 256
     tokenizer = _engines(fake_vllm)[0].tokenizer
     script = tokenizer("language English<asr_text>Hello from the stand-in.",
                        add_special_tokens=False)["input_ids"]
@@ -302,8 +340,7 @@ def test_token_count_and_limit_come_from_the_engines_output(fake_vllm, model_dir
     assert cut.output_tokens == 4 and cut.hit_token_limit  # finish_reason "length"
 
 
-def test_a_second_audio_and_short_audio_are_refused_as_vllm_refuses(fake_vllm, model_dirs):
-    load_engine(_settings(model_dirs))
+def test_a_second_audio_and_short_audio_are_refused_as_vllm_refuses(fake_vllm, engine):
     asr, _ = _engines(fake_vllm)
     import asyncio
 
@@ -319,7 +356,6 @@ def test_a_second_audio_and_short_audio_are_refused_as_vllm_refuses(fake_vllm, m
     with pytest.raises(ValueError, match="Failed to apply Qwen3ASRProcessor"):
         asyncio.run(run(tiny))
     # The worker pads short chunks itself, so a 5 ms chunk is still transcribed.
-    engine = load_engine(_settings(model_dirs))
     assert engine.transcribe([one[:80]], [None], [""])[0].text
 
 
@@ -400,8 +436,7 @@ def test_a_prompt_over_max_model_len_fails_only_that_job(fake_vllm, model_dirs):
     assert fake_vllm.ACTIVE == set()
 
 
-def test_a_stopped_job_aborts_its_requests(fake_vllm, model_dirs, monkeypatch):
-    engine = load_engine(_settings(model_dirs))
+def test_a_stopped_job_aborts_its_requests(fake_vllm, engine, monkeypatch):
     asr, _ = _engines(fake_vllm)
     monkeypatch.setattr(fake_vllm, "STEP_SECONDS", 0.05)  # ~0.6 s per request
     scope = JobScope("stopped")
@@ -437,11 +472,10 @@ def test_a_stopped_job_aborts_its_requests(fake_vllm, model_dirs, monkeypatch):
     assert engine.transcribe([np.zeros(SECOND, np.float32)], [None], [""])[0].text
 
 
-def test_a_job_joins_the_running_batch_instead_of_waiting(fake_vllm, model_dirs, monkeypatch):
+def test_a_job_joins_the_running_batch_instead_of_waiting(fake_vllm, engine, monkeypatch):
     """No gathering delay, no waiting for another job's call: a short job sent while a long
     file's chunks run finishes first (continuous batching; the stand-in runs each request
     for STEP_SECONDS per token)."""
-    engine = load_engine(_settings(model_dirs))
     monkeypatch.setattr(fake_vllm, "SCRIPT", lambda seconds: "language English<asr_text>"
                         + " word" * max(1, int(seconds * 2)))
     monkeypatch.setattr(fake_vllm, "STEP_SECONDS", 0.01)
@@ -485,9 +519,8 @@ def test_a_dead_engine_fails_this_and_later_jobs_with_refresh(fake_vllm, model_d
     assert len(asr.requests) == seen
 
 
-def test_aligner_output_that_does_not_fit_the_words_is_an_engine_error(fake_vllm, model_dirs,
+def test_aligner_output_that_does_not_fit_the_words_is_an_engine_error(fake_vllm, engine,
                                                                       monkeypatch):
-    engine = load_engine(_settings(model_dirs))
     _, aligner = _engines(fake_vllm)
     real_rows = aligner._rows
     monkeypatch.setattr(aligner, "_rows", lambda ids, samples: real_rows(ids, samples)[:-1])
@@ -495,7 +528,7 @@ def test_aligner_output_that_does_not_fit_the_words_is_an_engine_error(fake_vllm
         engine.align([np.zeros(5 * SECOND, np.float32)], ["Hello world"], ["English"])
 
 
-def test_vllms_own_classes_are_required(fake_vllm, model_dirs):
+def test_vllms_own_classes_are_required(fake_vllm, model_dirs, monkeypatch):
     from qwen_worker.vllm_engine import ASR_ARCHITECTURE, check_native_classes
 
     check_native_classes()
@@ -506,7 +539,7 @@ def test_vllms_own_classes_are_required(fake_vllm, model_dirs):
     class Registered:
         model_cls = Qwen3ASRForConditionalGeneration
 
-    fake_vllm.ModelRegistry.models[ASR_ARCHITECTURE] = Registered()
+    monkeypatch.setitem(fake_vllm.ModelRegistry.models, ASR_ARCHITECTURE, Registered())
     with pytest.raises(StartupError, match="qwen_asr.core.vllm_backend"):
         check_native_classes()
 
@@ -554,10 +587,9 @@ def test_cuda_turns_off_cudnn_attention_and_cpu_leaves_it():
         torch.backends.cuda.enable_cudnn_sdp(before)
 
 
-def test_a_looping_chunk_is_retried_as_halves_through_vllm(fake_vllm, model_dirs, monkeypatch):
+def test_a_looping_chunk_is_retried_as_halves_through_vllm(fake_vllm, engine, monkeypatch):
     """Repairs behave as on the transformers backend: a chunk whose output loops is sent again
     as two halves, both in the running batch, and the cleaner result is kept."""
-    engine = load_engine(_settings(model_dirs))
     asr, _ = _engines(fake_vllm)
     loop = "language English<asr_text>" + "again " * 120
     monkeypatch.setattr(fake_vllm, "SCRIPT", lambda seconds: loop if seconds > 30 else
@@ -571,13 +603,12 @@ def test_a_looping_chunk_is_retried_as_halves_through_vllm(fake_vllm, model_dirs
     assert any("repeated itself in a loop" in w and "fixed" in w for w in t.warnings)
 
 
-def test_control_tokens_in_a_context_never_reach_vllms_prompt(fake_vllm, model_dirs):
+def test_control_tokens_in_a_context_never_reach_vllms_prompt(fake_vllm, engine):
     """The context is text on the GPU path too: every added token of the tokenizer is removed
     before the prompt is built (an `<|audio_pad|>` would make vLLM refuse the request; an
     `<|im_end|>` would add a turn), and a clean job running beside it is unaffected."""
     from qwen_worker.prompts import control_tokens
 
-    engine = load_engine(_settings(model_dirs))
     asr, _ = _engines(fake_vllm)
     tokens = control_tokens(asr.tokenizer)
     assert {"<|audio_pad|>", "<|im_end|>", "<asr_text>", "<timestamp>"} <= set(tokens)
@@ -748,6 +779,26 @@ def _pauses(asr, n: int) -> list[str]:
     return [entry[0] for entry in asr.pause_log]
 
 
+class _PauseClock:
+    """vllm_engine's clock (the pause window's only) as time.monotonic() plus what a test moved
+    it on by: a pause leaves the window without the test sleeping."""
+
+    def __init__(self) -> None:
+        self.moved = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.moved
+
+
+@pytest.fixture
+def pause_clock(monkeypatch) -> _PauseClock:
+    import qwen_worker.vllm_engine as vllm_engine
+
+    clock = _PauseClock()
+    monkeypatch.setattr(vllm_engine, "time", clock)
+    return clock
+
+
 def _align_short(engine, seconds: float = 10.0):
     return engine.align([np.zeros(int(seconds * SECOND), np.float32)], ["hello there world"],
                         ["English"])
@@ -802,7 +853,7 @@ def test_alignment_does_not_pause_asr_of_calls_as_short(fake_vllm, model_dirs, m
     assert asr.pause_log == []
 
 
-def test_longer_calls_keep_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch):
+def test_longer_calls_keep_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch, pause_clock):
     """Short calls aligned back to back do not hold the ASR engine paused: a pause starts only
     while the pauses of the last second took less than half of it."""
     from qwen_worker.vllm_engine import PAUSE_WINDOW_S
@@ -816,7 +867,7 @@ def test_longer_calls_keep_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch):
         _align_short(engine)
         _pauses(asr, 2 * min(n + 1, 2))  # its resume answered before the next call
     assert _pauses(asr, 5) == ["pause", "resume"] * 2
-    time.sleep(1.1)  # both pauses are more than a second old
+    pause_clock.moved += 1.1  # both pauses are more than a second old
     _align_short(engine)
     assert _pauses(asr, 6) == ["pause", "resume"] * 3
     assert fake_vllm.ACTIVE  # the long call ran throughout
@@ -825,7 +876,7 @@ def test_longer_calls_keep_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch):
 
 
 def test_a_pause_ends_early_after_half_a_second_or_for_a_call_as_short(fake_vllm, model_dirs,
-                                                                       monkeypatch):
+                                                                       monkeypatch, pause_clock):
     """A long alignment pauses the ASR engine for MAX_PAUSE_S at most; and a call as short as
     the one aligned, sending ASR requests meanwhile, resumes it at once (a paused engine would
     hold them until the alignment ended)."""
@@ -840,7 +891,7 @@ def test_a_pause_ends_early_after_half_a_second_or_for_a_call_as_short(fake_vllm
     assert _pauses(asr, 2) == ["pause", "resume"]
     (pause, resume) = asr.pause_log
     assert MAX_PAUSE_S == 0.5 and 0.5 <= resume[1] - pause[3] < 0.8 and resume[1] < ended - 0.3
-    time.sleep(1.1)  # out of the window: the next alignment may pause again
+    pause_clock.moved += 1.1  # out of the window: the next alignment may pause again
     aligning = threading.Thread(target=_align_short, args=(engine,))
     aligning.start()
     assert _pauses(asr, 3) == ["pause", "resume", "pause"]
