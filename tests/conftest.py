@@ -51,6 +51,28 @@ def model_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def english_engine(model_dirs):
+    """The tiny English model and the aligner on the transformers backend (models.settings_for's
+    settings), loaded once. Workers hold their own scheduler and job directory; tests that
+    change the engine do it with monkeypatch."""
+    from models import engine_for
+
+    return engine_for(model_dirs["english"], model_dirs["aligner"])
+
+
+@pytest.fixture
+def worker(model_dirs, english_engine, tmp_path):
+    """A worker over `english_engine`, with a WORK_DIR of its own."""
+    from models import settings_for
+    from qwen_worker.worker import Worker
+
+    w = Worker(settings_for(model_dirs["english"], model_dirs["aligner"],
+                            WORK_DIR=str(tmp_path / "jobs")), english_engine)
+    yield w
+    w.scheduler.close()
+
+
+@pytest.fixture(scope="session")
 def host():
     """One loopback audio host for the worker tests."""
     from http_server import AudioHost

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import media
-from models import ENGLISH, engine_for, settings_for
+from models import ENGLISH, settings_for
 from qwen_worker.prompts import ContextFitter, ControlTokenFilter, control_tokens
 from qwen_worker.worker import Worker
 
@@ -45,8 +45,8 @@ def _ids_of(tokenizer, text: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def engine(model_dirs):
-    return engine_for(model_dirs["english"], model_dirs["aligner"])
+def engine(english_engine):
+    return english_engine
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import media
-from models import settings_for
 from qwen_worker import decode as d
 from qwen_worker.engine import load_engine
 from qwen_worker.worker import Worker
@@ -113,13 +112,6 @@ def test_cover_art_does_not_count_as_video():
         "  Stream #0:0: Audio: mp3, 44100 Hz, mono, fltp, 64 kb/s\n"
         "  Stream #0:1: Video: mjpeg (Baseline), yuvj420p, 600x600, 90k tbn (attached pic)\n")
     assert not info.has_video
-
-
-@pytest.fixture
-def worker(model_dirs, tmp_path):
-    settings = settings_for(model_dirs["english"], model_dirs["aligner"],
-                            WORK_DIR=str(tmp_path / "jobs"))
-    return Worker(settings, load_engine(settings))
 
 
 def _job(path: Path) -> dict:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import media
-from models import ENGLISH, settings_for
+from models import ENGLISH
 from qwen_worker import decode as d
 from qwen_worker import lifecycle
 from qwen_worker.engine import load_engine
@@ -46,13 +46,6 @@ def test_full_disk_is_disk_full_and_the_worker_is_replaced(model_dirs, tmp_path,
     finally:
         worker.close()
         api.close()
-
-
-@pytest.fixture
-def worker(model_dirs, tmp_path):
-    settings = settings_for(model_dirs["english"], model_dirs["aligner"],
-                            WORK_DIR=str(tmp_path / "jobs"))
-    return Worker(settings, load_engine(settings))
 
 
 def _job(tmp_path: Path, seconds: float) -> dict:

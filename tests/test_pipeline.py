@@ -18,8 +18,8 @@ LIMIT = 6 * 3600.0
 
 
 @pytest.fixture(scope="module")
-def english(model_dirs):
-    return engine_for(model_dirs["english"], model_dirs["aligner"])
+def english(english_engine):
+    return english_engine
 
 
 @pytest.fixture(scope="module")

@@ -83,11 +83,11 @@ class Scripted:
 
 
 @pytest.fixture
-def worker_with(model_dirs, tmp_path):
+def worker_with(model_dirs, english_engine, tmp_path):
     def make(**script) -> Worker:
         settings = settings_for(model_dirs["english"], model_dirs["aligner"],
                                 WORK_DIR=str(tmp_path / "jobs"))
-        return Worker(settings, Scripted(load_engine(settings), **script))
+        return Worker(settings, Scripted(english_engine, **script))
     return make
 
 

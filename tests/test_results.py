@@ -44,8 +44,8 @@ def s3():
 
 
 @pytest.fixture(scope="module")
-def engine(model_dirs):
-    return load_engine(settings_for(model_dirs["english"], model_dirs["aligner"]))
+def engine(english_engine):
+    return english_engine
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,9 @@ from __future__ import annotations
 import pytest
 
 import media
-from models import ENGLISH, settings_for
+from models import ENGLISH
 from qwen_worker.engine import load_engine
 from qwen_worker.worker import Worker, is_fatal_gpu_error
-
-
-@pytest.fixture
-def worker(model_dirs, tmp_path):
-    settings = settings_for(model_dirs["english"], model_dirs["aligner"], WORK_DIR=str(tmp_path / "jobs"))
-    return Worker(settings, load_engine(settings))
 
 
 @pytest.fixture
