@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import sys
@@ -45,9 +47,21 @@ def audio_host():
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory):
+    """The tiny models, built once per run: under pytest-xdist the first worker to need them
+    builds them in the run's shared temporary directory while the others wait."""
     from models import build_all
 
-    return build_all(tmp_path_factory.mktemp("models"))
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build_all(tmp_path_factory.mktemp("models"))
+    shared = tmp_path_factory.getbasetemp().parent  # the run's, above each worker's own
+    with open(shared / "models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = shared / "models.json"
+        if built.exists():
+            return {name: Path(p) for name, p in json.loads(built.read_text()).items()}
+        dirs = build_all(shared / "models")
+        built.write_text(json.dumps({name: str(p) for name, p in dirs.items()}))
+        return dirs
 
 
 @pytest.fixture(scope="session")

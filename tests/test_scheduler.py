@@ -56,6 +56,13 @@ class NamingEngine:
         return context, []
 
 
+def _wait_until(condition, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"not after {timeout} s"
+        time.sleep(0.01)
+
+
 def _submit_together(scheduler: BatchScheduler, requests: list[tuple[list[float], str]]):
     """Each request from its own thread (a job), all at once; returns results or exceptions."""
     barrier = threading.Barrier(len(requests))
@@ -122,7 +129,7 @@ def test_a_stopped_jobs_queued_request_never_reaches_the_engine():
     busy = threading.Thread(target=lambda: scheduler.engine_for_job().transcribe(
         [clip(1)], ["English"], ["busy"]))
     busy.start()
-    time.sleep(0.2)  # the engine is now in the 1 s call
+    _wait_until(lambda: engine.calls)  # the engine is now in the 1 s call
     scope = JobScope("stopped")
     outcome = {}
 
@@ -135,13 +142,14 @@ def test_a_stopped_jobs_queued_request_never_reaches_the_engine():
 
     t = threading.Thread(target=job)
     t.start()
-    time.sleep(0.2)
+    _wait_until(lambda: scheduler._queue)  # its request waits for the engine
     scope.stop(JobCancelled)
     t.join(5)
     busy.join(5)
-    time.sleep(0.2)
+    # A request queued after it is served, and so is everything queued before.
+    scheduler.engine_for_job().transcribe([clip(3)], ["English"], ["after"])
     assert isinstance(outcome.get("raised"), JobCancelled)
-    assert engine.calls == [["1s:busy"]]
+    assert engine.calls == [["1s:busy"], ["3s:after"]]
 
 
 def test_align_requests_are_batched_apart_from_asr():
@@ -219,9 +227,9 @@ def test_closing_during_the_gather_wait_ends_the_engine_thread_cleanly(monkeypat
     scheduler = BatchScheduler(NamingEngine(), gather_seconds=1.0, max_chunks=8)
     waiter = ThreadPoolExecutor(1).submit(
         scheduler.engine_for_job().transcribe, [clip(1)], ["English"], [""])
-    time.sleep(0.2)
+    _wait_until(lambda: scheduler._queue)  # in the gather wait
     scheduler.close()
     with pytest.raises(BaseException, match="shutting down"):
         waiter.result(5)
-    time.sleep(1.2)
+    scheduler._thread.join(5)  # past the gather wait's end, where it crashed
     assert not scheduler._thread.is_alive() and crashes == []  # no IndexError on an empty queue
