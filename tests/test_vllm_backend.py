@@ -75,28 +75,26 @@ def fake_vllm(stand_in, monkeypatch):
         core.shutdown()
 
 
-@pytest.fixture(scope="module")
-def module_engine(stand_in, model_dirs):
-    """One engine of the default settings, loaded once for the tests that need nothing else
-    (the front-end process's start dominates a load): with its engines, engine cores and front
-    end."""
+def _loaded_once(stand_in, settings):
+    """A module fixture's engine: loaded once (the front-end process's start dominates a load),
+    with the engines, engine cores and front end it made."""
     made = ([], [], [])
     with pytest.MonkeyPatch.context() as mp:
         for name, records in zip(("CREATED", "CORES", "FRONTS"), made):
             mp.setattr(stand_in, name, records, raising=False)
-        engine = load_engine(_settings(model_dirs))
+        engine = load_engine(settings)
     yield engine, made
     engine.close()
     for core in made[1]:
         core.shutdown()
 
 
-@pytest.fixture
-def engine(fake_vllm, module_engine):
-    """The module's engine, as if this test had loaded it: its two engines are the test's
-    CREATED and its front end the test's FRONTS, and what they recorded is only the warm-up."""
-    engine, (created, _, fronts) = module_engine
-    assert engine._fatal is None and all(llm.core.alive() for llm in created)  # usable
+def _as_if_loaded_here(fake_vllm, shared):
+    """A module's engine, as if this test had loaded it: its two engines are the test's CREATED
+    and its front end the test's FRONTS, and what they recorded is only the warm-up."""
+    engine, (created, _, fronts) = shared
+    assert engine._fatal is None and all(llm.core.alive() and llm._unpaused.is_set()
+                                         for llm in created)  # usable, not paused
     for llm in created:
         del llm.requests[1:]  # the warm-up's request stays first
         llm.aborted.clear()
@@ -107,6 +105,29 @@ def engine(fake_vllm, module_engine):
     yield engine
     for front in fronts:  # not closed with the test's own
         fake_vllm.FRONTS.remove(front)
+
+
+@pytest.fixture(scope="module")
+def module_engine(stand_in, model_dirs):
+    yield from _loaded_once(stand_in, _settings(model_dirs))
+
+
+@pytest.fixture
+def engine(fake_vllm, module_engine):
+    """An engine of the default settings, shared by the module's tests that need nothing else."""
+    yield from _as_if_loaded_here(fake_vllm, module_engine)
+
+
+@pytest.fixture(scope="module")
+def module_pausing_engine(stand_in, model_dirs):
+    yield from _loaded_once(stand_in, _settings(model_dirs, MAX_NEW_TOKENS="2048"))
+
+
+@pytest.fixture
+def pausing_engine(fake_vllm, module_pausing_engine, pause_clock):
+    """MAX_NEW_TOKENS=2048 (the pause tests' long calls), shared by those tests; no pause of
+    an earlier test is within the pause window (pause_clock)."""
+    yield from _as_if_loaded_here(fake_vllm, module_pausing_engine)
 
 
 def _settings(model_dirs, **env):
@@ -291,7 +312,8 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, engine,
     within = engine.align(chunks, texts, english)
     asked = [r["params"].kwargs["returned_token_ids"] for r in aligner.requests[-2:]]
     assert asked == [list(range(252)), list(range(389))]  # 20 s / 80 ms + 2; 31 s
-    monkeypatch.setattr(engine, "within_audio", False)  # all 5000 classes, as qwen-asr's transformers aligner reads them
+    # All 5000 classes, as qwen-asr's transformers aligner reads them.
+    monkeypatch.setattr(engine, "within_audio", False)
     engine.transcribe(chunks, english, ["", ""])
     assert engine.align(chunks, texts, english) == within
     assert "returned_token_ids" not in aligner.requests[-1]["params"].kwargs
@@ -790,13 +812,23 @@ class _PauseClock:
         return time.monotonic() + self.moved
 
 
-@pytest.fixture
-def pause_clock(monkeypatch) -> _PauseClock:
+@pytest.fixture(scope="module")
+def _module_pause_clock() -> _PauseClock:
     import qwen_worker.vllm_engine as vllm_engine
 
-    clock = _PauseClock()
-    monkeypatch.setattr(vllm_engine, "time", clock)
-    return clock
+    with pytest.MonkeyPatch.context() as mp:
+        clock = _PauseClock()
+        mp.setattr(vllm_engine, "time", clock)
+        yield clock
+
+
+@pytest.fixture
+def pause_clock(_module_pause_clock) -> _PauseClock:
+    """vllm_engine's clock, one pause window on from the last test's: no earlier pause counts."""
+    from qwen_worker.vllm_engine import PAUSE_WINDOW_S
+
+    _module_pause_clock.moved += PAUSE_WINDOW_S
+    return _module_pause_clock
 
 
 def _align_short(engine, seconds: float = 10.0):
@@ -804,12 +836,12 @@ def _align_short(engine, seconds: float = 10.0):
                         ["English"])
 
 
-def test_a_shorter_calls_alignment_pauses_the_longer_calls_asr(fake_vllm, model_dirs,
+def test_a_shorter_calls_alignment_pauses_the_longer_calls_asr(fake_vllm, pausing_engine,
                                                                monkeypatch):
     """The two engines share one GPU: while a 10 s call is aligned, the ASR engine, which runs
     only a 240 s call's chunks, is paused with its requests kept ("keep", caches kept), and is
     resumed when the alignment ends; the long call then finishes with all of its words."""
-    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
+    engine = pausing_engine
     asr, aligner = _engines(fake_vllm)
     _slow_aligner(aligner, monkeypatch, 0.3)
     long_call, outs = _long_asr(fake_vllm, monkeypatch, engine)
@@ -853,13 +885,13 @@ def test_alignment_does_not_pause_asr_of_calls_as_short(fake_vllm, model_dirs, m
     assert asr.pause_log == []
 
 
-def test_longer_calls_keep_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch, pause_clock):
+def test_longer_calls_keep_half_of_the_gpu(fake_vllm, pausing_engine, monkeypatch, pause_clock):
     """Short calls aligned back to back do not hold the ASR engine paused: a pause starts only
     while the pauses of the last second took less than half of it."""
     from qwen_worker.vllm_engine import PAUSE_WINDOW_S
 
     assert PAUSE_WINDOW_S == 1.0
-    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
+    engine = pausing_engine
     asr, aligner = _engines(fake_vllm)
     _slow_aligner(aligner, monkeypatch, 0.3)
     long_call, outs = _long_asr(fake_vllm, monkeypatch, engine, seconds=300.0)
@@ -875,14 +907,14 @@ def test_longer_calls_keep_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch, p
     assert [len(out.text.split()) for out in outs] == [150, 150]
 
 
-def test_a_pause_ends_early_after_half_a_second_or_for_a_call_as_short(fake_vllm, model_dirs,
+def test_a_pause_ends_early_after_half_a_second_or_for_a_call_as_short(fake_vllm, pausing_engine,
                                                                        monkeypatch, pause_clock):
     """A long alignment pauses the ASR engine for MAX_PAUSE_S at most; and a call as short as
     the one aligned, sending ASR requests meanwhile, resumes it at once (a paused engine would
     hold them until the alignment ended)."""
     from qwen_worker.vllm_engine import MAX_PAUSE_S
 
-    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
+    engine = pausing_engine
     asr, aligner = _engines(fake_vllm)
     _slow_aligner(aligner, monkeypatch, 1.0)
     long_call, outs = _long_asr(fake_vllm, monkeypatch, engine, seconds=300.0, words_per_s=1.0)
@@ -905,8 +937,8 @@ def test_a_pause_ends_early_after_half_a_second_or_for_a_call_as_short(fake_vllm
     assert [len(out.text.split()) for out in outs] == [300, 300]
 
 
-def test_a_stopped_jobs_alignment_still_resumes_the_asr(fake_vllm, model_dirs, monkeypatch):
-    engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
+def test_a_stopped_jobs_alignment_still_resumes_the_asr(fake_vllm, pausing_engine, monkeypatch):
+    engine = pausing_engine
     asr, aligner = _engines(fake_vllm)
     _slow_aligner(aligner, monkeypatch, 5.0)
     long_call, outs = _long_asr(fake_vllm, monkeypatch, engine)
