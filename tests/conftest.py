@@ -20,8 +20,9 @@ os.environ.pop("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", None)
 # The processes the tests start see Ctrl-C as a user's terminal delivers it. A test run started
 # in the background (`cmd &` in a script, nohup, some CI runners) has SIGINT ignored, and an
 # ignored signal stays ignored in every child, across exec: Python then installs no
-# KeyboardInterrupt handler, and tests/test_client.py's Ctrl-C never reached the client (it
-# failed in one of three CI runs). A handler set here is reset to the default action in a child.
+# KeyboardInterrupt handler, and tests/test_client.py's Ctrl-C never reached the client (its
+# 60 s timeout in a background run, as in one of three CI runs). A handler set here is reset to
+# the default action in a child.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
