@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from qwen_worker.errors import DESCRIPTIONS, ErrorCode
+from qwen_worker.base.errors import DESCRIPTIONS, ErrorCode
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
