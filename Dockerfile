@@ -89,7 +89,10 @@ ENV HF_HUB_OFFLINE=1 \
     RUNPOD_LOG_LEVEL=INFO \
     PYTHONUNBUFFERED=1
 
+COPY pyproject.toml /app/
 COPY src/ /app/src/
+# The worker's package, installed (editable: its code stays in /app/src beside the entry points).
+RUN uv pip install --no-cache --no-deps -e /app
 RUN python -m compileall -q /app/src
 
 CMD ["python", "-u", "/app/src/handler.py"]

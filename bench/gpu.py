@@ -580,7 +580,7 @@ def random_words(n: int, seed: int) -> str:
 
 def settings_env(asr: Path, aligner: Path, total_gib: float, backend: str, work: Path,
                  card_gib: float = CARD_GIB) -> dict:
-    from qwen_worker.config import load_settings
+    from qwen_worker.base.config import load_settings
 
     defaults = load_settings({"ASR_BACKEND": "vllm", "ASR_DEVICE": "cuda"})
     scale = card_gib / total_gib  # the fractions of the card's memory, on this card
@@ -661,7 +661,7 @@ def agreement(vllm_engine: Any, tf_engine: Any, chunk: np.ndarray) -> dict:
     import torch
     from vllm import PoolingParams, SamplingParams
 
-    from qwen_worker.prompts import asr_prompt
+    from qwen_worker.engines.prompts import asr_prompt
 
     words, prompt = vllm_engine._aligner_text.encode_timestamp(random_words(60, 7), "English")
     mm = {"audio": chunk}
@@ -745,11 +745,11 @@ def main() -> int:
         os.environ["ASR_DTYPE"] = "float32"
 
     from http_server import AudioHost
-    from qwen_worker.config import load_settings
-    from qwen_worker.download import allow_loopback_for_local_testing
-    from qwen_worker.engine import load_engine
+    from qwen_worker.base.config import load_settings
+    from qwen_worker.pipeline.download import allow_loopback_for_local_testing
+    from qwen_worker.engines.load import load_engine
     from qwen_worker.selftest import run_self_test, warm_up
-    from qwen_worker.worker import Worker
+    from qwen_worker.jobs.worker import Worker
 
     results: dict[str, Any] = {"size": args.size}
     levels = [int(c) for c in args.concurrency.split(",")]  # job concurrencies
@@ -792,7 +792,7 @@ def main() -> int:
         record("confined", {k: v for k, v in ballast.items() if k != "proc"})
     idle_gib = memory.used_gib()
     memory.reset()  # from here on: the engines' processes, not the one that built the dirs
-    from qwen_worker.startup import CLOCK
+    from qwen_worker.base.clock import CLOCK
 
     t0 = time.perf_counter()
     engine = load_engine(settings)
@@ -823,7 +823,7 @@ def main() -> int:
     host = AudioHost()
     hour = noise(args.hour, 1)
     hour_url = host.file("/hour.wav", wav_bytes(hour), "audio/wav")
-    from qwen_worker import chunking
+    from qwen_worker.pipeline import chunking
 
     chunks = [c.samples for c in chunking.split(hour, chunking.DEFAULT_CHUNK_SECONDS)]
     texts = [random_words(700, i) for i in range(len(chunks))]
@@ -860,8 +860,8 @@ def main() -> int:
     def front_end() -> dict:
         """vLLM's input processing alone (the front-end processes): the clips' ASR inputs, then
         the hour's chunks, each set sent at once."""
-        from qwen_worker.engine import padded
-        from qwen_worker.prompts import asr_prompt
+        from qwen_worker.engines.base import padded
+        from qwen_worker.engines.prompts import asr_prompt
 
         prompt, n = asr_prompt("", "English"), engine._front.processes
         row: dict[str, Any] = {"processes": n}
@@ -1016,7 +1016,7 @@ def main() -> int:
             cost where the aligner's times do not collapse, as with real weights."""
             if "no-repair" not in chosen:
                 return
-            with mock.patch("qwen_worker.pipeline._repair_collapsed", lambda *a, **k: None):
+            with mock.patch("qwen_worker.pipeline.repair.repair_collapsed", lambda *a, **k: None):
                 if "jobs" in chosen:
                     phase(f"{prefix}no-repair/jobs-{top}", lambda: job_batch(top))
                 if "steady" in chosen and args.steady > 1:

@@ -98,11 +98,12 @@ def main() -> None:
     from vllm import AsyncEngineArgs, PoolingParams
     from vllm.v1.engine.input_processor import InputProcessor
 
-    from qwen_worker.config import load_settings
-    from qwen_worker.prompts import asr_prompt
-    from qwen_worker.vllm_engine import (ALIGNER_ARCHITECTURE, ASR_ARCHITECTURE, AlignerConfig,
-                                         VllmEngine, aligner_engine_args, asr_engine_args,
-                                         check_native_classes, native_class_module)
+    from qwen_worker.base.config import load_settings
+    from qwen_worker.engines.prompts import asr_prompt
+    from qwen_worker.engines.vllm.args import (ALIGNER_ARCHITECTURE, ASR_ARCHITECTURE,
+                                               AlignerConfig, aligner_engine_args, asr_engine_args)
+    from qwen_worker.engines.vllm.engine import VllmEngine
+    from qwen_worker.engines.vllm.loader import check_native_classes, native_class_module
 
     found: dict = {"surface": surface()}
     check_native_classes()
@@ -211,7 +212,7 @@ def shutdown_report() -> dict:
 
     from vllm.v1.engine import async_llm
 
-    from qwen_worker.vllm_engine import ASYNC_LLM_LOGGER, OUTPUT_TASK_FAILED
+    from qwen_worker.engines.vllm.loop import ASYNC_LLM_LOGGER, OUTPUT_TASK_FAILED
 
     handler = inspect.getsource(async_llm.AsyncLLM._run_output_handler)
     stop = inspect.getsource(async_llm.AsyncLLM.shutdown)
@@ -232,8 +233,8 @@ def reuse(processor, params, al_proc, aligner_dir) -> list:
     from transformers import AutoTokenizer
     from vllm import PoolingParams
 
-    from qwen_worker.prompts import asr_prompt
-    from qwen_worker.vllm_engine import AUDIO_PLACEHOLDER, VllmEngine, _same_data
+    from qwen_worker.engines.prompts import asr_prompt
+    from qwen_worker.engines.vllm.engine import AUDIO_PLACEHOLDER, VllmEngine, _same_data
 
     engine = VllmEngine.__new__(VllmEngine)
     engine._aligner_tokenizer = AutoTokenizer.from_pretrained(aligner_dir)
@@ -276,8 +277,8 @@ def front_end(processor, config, params, al_proc, al_config, al_prompt) -> dict:
     import torch
     from vllm import PoolingParams
 
-    from qwen_worker.frontend import FrontEnd
-    from qwen_worker.prompts import asr_prompt
+    from qwen_worker.engines.vllm.frontend import FrontEnd
+    from qwen_worker.engines.prompts import asr_prompt
 
     audio = np.random.default_rng(0).normal(0, 0.1, 30 * SR).astype(np.float32)
     front = FrontEnd({"asr": config, "aligner": al_config}, 2,

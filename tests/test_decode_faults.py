@@ -15,9 +15,9 @@ import pytest
 
 import media
 from models import settings_for
-from qwen_worker import decode as d
-from qwen_worker.engine import load_engine
-from qwen_worker.worker import Worker
+from qwen_worker.pipeline import decode as d
+from qwen_worker.engines.load import load_engine
+from qwen_worker.jobs.worker import Worker
 
 FAKE_DIR = Path(__file__).parent / "fake_ffmpeg"
 

@@ -17,8 +17,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from qwen_worker import config
-from qwen_worker.request import parse_request
+from qwen_worker.base import config
+from qwen_worker.jobs.request import parse_request
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -6,10 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-try:  # the layered package (qwen_worker/base/), else the flat one
-    from qwen_worker.base.errors import DESCRIPTIONS, ErrorCode
-except ImportError:
-    from qwen_worker.errors import DESCRIPTIONS, ErrorCode
+from qwen_worker.base.errors import DESCRIPTIONS, ErrorCode
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -28,10 +25,7 @@ def _table_keys(doc: Path, heading: str) -> set[str]:
 
 
 def _config_source() -> str:
-    for path in ("src/qwen_worker/base/config.py", "src/qwen_worker/config.py"):
-        if (ROOT / path).exists():
-            return (ROOT / path).read_text()
-    raise AssertionError("config.py not found")
+    return (ROOT / "src/qwen_worker/base/config.py").read_text()
 
 
 def test_every_error_code_has_a_row_and_a_description():

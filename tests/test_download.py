@@ -12,9 +12,9 @@ import time
 import pytest
 from runpod.serverless.utils import rp_ssrf
 
-from qwen_worker.download import (DownloadPolicy, allow_loopback_for_local_testing,
-                                  decode_base64, fetch_url)
-from qwen_worker.errors import ErrorCode, WorkerError
+from qwen_worker.pipeline.download import (DownloadPolicy, allow_loopback_for_local_testing,
+                                           decode_base64, fetch_url)
+from qwen_worker.base.errors import ErrorCode, WorkerError
 
 BODY = b"ID3" + bytes(range(256)) * 40
 FAST = DownloadPolicy(max_bytes=1 << 20, read_seconds=1.0, backoff_seconds=0.05)

@@ -16,10 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
 
-from qwen_worker.chunking import Chunk
-from qwen_worker.engine import AlignedToken, AsrOutput
-from qwen_worker.merge import Transcript, merge_chunks
-from qwen_worker.subtitles import (SubtitleOptions, cuts_freely, line_limit, width, wrap)
+from qwen_worker.base.types import Chunk
+from qwen_worker.base.types import AlignedToken, AsrOutput
+from qwen_worker.base.types import Transcript
+from qwen_worker.pipeline.merge import merge_chunks
+from qwen_worker.base.types import SubtitleOptions
+from qwen_worker.pipeline.subtitles import cuts_freely, line_limit, width, wrap
 
 PROCESSOR = Qwen3ForceAlignProcessor()
 ALIGNED = ("English", "French", "German", "Spanish", "Russian", "Chinese", "Cantonese",

@@ -11,10 +11,11 @@ import pytest
 
 import media
 from models import ENGLISH, settings_for
-from qwen_worker import repair
-from qwen_worker.decode import SAMPLE_RATE
-from qwen_worker.engine import AlignedToken, AsrOutput, load_engine
-from qwen_worker.worker import Worker
+from qwen_worker.pipeline import repair
+from qwen_worker.base.types import SAMPLE_RATE
+from qwen_worker.base.types import AlignedToken, AsrOutput
+from qwen_worker.engines.load import load_engine
+from qwen_worker.jobs.worker import Worker
 
 T = AlignedToken
 

@@ -494,7 +494,7 @@ def test_readme_python_example_runs(api, audio, tmp_path):
 # ---- the form contract, without a server ----------------------------------------------------
 
 def test_form_fields_map_onto_the_job_input():
-    from qwen_worker.openai_compat import job_input, parse_form
+    from qwen_worker.api.openai import job_input, parse_form
 
     form = parse_form({"model": ["whisper-1"], "language": ["English"], "prompt": ["Qwen"],
                        "temperature": ["0.0"], "response_format": ["srt"],
@@ -514,7 +514,7 @@ def test_form_fields_map_onto_the_job_input():
     ({"chunk_seconds": ["long"]}, "chunk_seconds"),
 ])
 def test_form_refusals_name_the_field(fields, param):
-    from qwen_worker.openai_compat import FormError, parse_form
+    from qwen_worker.api.openai import FormError, parse_form
 
     with pytest.raises(FormError) as exc_info:
         parse_form(fields, has_file=True)
@@ -522,7 +522,7 @@ def test_form_refusals_name_the_field(fields, param):
 
 
 def test_compression_ratio_flags_repetition_as_whisper_does():
-    from qwen_worker.openai_compat import compression_ratio
+    from qwen_worker.api.openai import compression_ratio
 
     assert compression_ratio("thank you " * 40) > 2.4  # Whisper's threshold for a loop
     assert compression_ratio(ENGLISH) < 2.4

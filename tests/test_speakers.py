@@ -20,14 +20,17 @@ from hypothesis import strategies as st
 import media
 from test_integrity import asr, check_integrity, chunks_of, files
 from models import ENGLISH, ENGLISH_WORDS, engine_for, settings_for
-from qwen_worker.errors import ErrorCode, WorkerError
-from qwen_worker.formats import to_srt, to_text, to_vtt
-from qwen_worker.merge import Transcript, merge_chunks
-from qwen_worker.request import parse_request
-from qwen_worker.speakers import (NEAREST_TURN_SECONDS, SpeakerCount, Turn, assign_speakers,
-                                  diarize_transcript, talk_time)
-from qwen_worker.subtitles import SubtitleOptions, Word, build_segments, wrap
-from qwen_worker.worker import Worker
+from qwen_worker.base.errors import ErrorCode, WorkerError
+from qwen_worker.pipeline.formats import to_srt, to_text, to_vtt
+from qwen_worker.base.types import Transcript
+from qwen_worker.pipeline.merge import merge_chunks
+from qwen_worker.jobs.request import parse_request
+from qwen_worker.pipeline.speakers import (NEAREST_TURN_SECONDS, assign_speakers,
+                                           diarize_transcript, talk_time)
+from qwen_worker.base.types import SpeakerCount, Turn
+from qwen_worker.base.types import SubtitleOptions, Word
+from qwen_worker.pipeline.subtitles import build_segments, wrap
+from qwen_worker.jobs.worker import Worker
 
 # ---- data ---------------------------------------------------------------------------------
 
@@ -543,7 +546,7 @@ def test_bad_counts_reach_the_worker_check_and_are_400(diarizing_api, audio_file
 def test_diarize_with_a_format_that_contradicts_it_is_refused(fields, param):
     """diarize=false cannot give diarized_json; json and text have no place for speakers (the
     diarizer's minutes would be thrown away)."""
-    from qwen_worker.openai_compat import FormError, parse_form
+    from qwen_worker.api.openai import FormError, parse_form
 
     with pytest.raises(FormError) as err:
         parse_form(fields, has_file=True)
@@ -551,7 +554,7 @@ def test_diarize_with_a_format_that_contradicts_it_is_refused(fields, param):
 
 
 def test_diarized_json_form_maps_onto_a_diarizing_job():
-    from qwen_worker.openai_compat import job_input, parse_form
+    from qwen_worker.api.openai import job_input, parse_form
 
     form = parse_form({"response_format": ["diarized_json"], "chunking_strategy": ["auto"],
                        "min_speakers": ["2"], "max_speakers": ["4"]}, has_file=True)

@@ -24,12 +24,14 @@ import pytest
 
 import media
 from models import ENGLISH, engine_for, settings_for
-from qwen_worker.config import ConfigError, load_settings
-from qwen_worker.engine import EngineError, is_fatal_gpu_error, load_engine
-from qwen_worker.lifecycle import LIFETIME, JobCancelled, JobScope
-from qwen_worker.model_files import StartupError
-from qwen_worker.pipeline import Options, transcribe_samples
-from qwen_worker.prompts import asr_prompt
+from qwen_worker.base.config import ConfigError, load_settings
+from qwen_worker.engines.base import EngineError, is_fatal_gpu_error
+from qwen_worker.engines.load import load_engine
+from qwen_worker.base.lifecycle import LIFETIME, JobCancelled, JobScope
+from qwen_worker.engines.model_files import StartupError
+from qwen_worker.base.types import Options
+from qwen_worker.pipeline.transcribe import transcribe_samples
+from qwen_worker.engines.prompts import asr_prompt
 
 STAND_INS = str(Path(__file__).parent / "stand_ins")
 SECOND = 16000
@@ -47,16 +49,16 @@ def fake_vllm(monkeypatch):
     monkeypatch.setattr(vllm, "CREATED", [])
     monkeypatch.setattr(vllm, "CORES", [])
     monkeypatch.setattr(vllm, "ACTIVE", set())
-    import qwen_worker.vllm_engine as vllm_engine
+    import qwen_worker.engines.vllm.loader as vllm_loader
 
     fronts: list = []
 
-    class RecordedFrontEnd(vllm_engine.FrontEnd):  # closed after the test: no process left
+    class RecordedFrontEnd(vllm_loader.FrontEnd):  # closed after the test: no process left
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             fronts.append(self)
 
-    monkeypatch.setattr(vllm_engine, "FrontEnd", RecordedFrontEnd)
+    monkeypatch.setattr(vllm_loader, "FrontEnd", RecordedFrontEnd)
     vllm.FRONTS = fronts
     yield vllm
     for front in fronts:
@@ -86,8 +88,9 @@ def _engines(vllm):
 
 def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, model_dirs,
                                                                 monkeypatch):
-    from qwen_worker.vllm_engine import (ALIGNER_ARCHITECTURE, aligner_engine_args,
-                                         asr_engine_args, kv_cache_plan)
+    from qwen_worker.engines.vllm.args import (ALIGNER_ARCHITECTURE, aligner_engine_args,
+                                               asr_engine_args)
+    from qwen_worker.engines.vllm.loader import kv_cache_plan
 
     settings = _settings(model_dirs, VLLM_MAX_NUM_SEQS="48", MAX_NEW_TOKENS="1500")
     monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
@@ -131,7 +134,7 @@ def test_closing_the_engines_logs_no_false_engine_failure(fake_vllm, model_dirs,
     """vLLM 0.22's shutdown stops the engine core before it cancels the output task, which
     may log the core's exit as a failure, with a traceback, at every worker exit (seen on the
     H100, run 13). The stand-in always logs it, as its docstring says."""
-    from qwen_worker.vllm_engine import ASYNC_LLM_LOGGER
+    from qwen_worker.engines.vllm.loop import ASYNC_LLM_LOGGER
 
     failed = "AsyncLLM output_handler failed."
     async_llm_log = logging.getLogger(ASYNC_LLM_LOGGER)
@@ -335,7 +338,7 @@ def test_each_engine_process_starts_with_one_torch_thread(fake_vllm, model_dirs,
     The worker's own process keeps its environment."""
     import multiprocessing
 
-    from qwen_worker.vllm_engine import engine_process_env
+    from qwen_worker.engines.vllm.loader import engine_process_env
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     settings = _settings(model_dirs)
@@ -358,7 +361,7 @@ def test_each_engine_process_starts_with_one_torch_thread(fake_vllm, model_dirs,
 
 
 def test_settings_that_cannot_hold_a_chunk_are_refused_at_start_up(fake_vllm, model_dirs):
-    from qwen_worker.vllm_engine import aligner_engine_args
+    from qwen_worker.engines.vllm.args import aligner_engine_args
 
     with pytest.raises(ConfigError, match=r"VLLM_MAX_NUM_BATCHED_TOKENS=3899 is too small.*3900"):
         _settings(model_dirs, VLLM_MAX_NUM_BATCHED_TOKENS="3899")
@@ -464,7 +467,7 @@ def test_a_job_joins_the_running_batch_instead_of_waiting(fake_vllm, model_dirs,
 
 def test_a_dead_engine_fails_this_and_later_jobs_with_refresh(fake_vllm, model_dirs, tmp_path,
                                                             monkeypatch):
-    from qwen_worker.worker import Worker
+    from qwen_worker.jobs.worker import Worker
 
     jobs_dir = tmp_path / "jobs"
     settings = _settings(model_dirs, WORK_DIR=str(jobs_dir))
@@ -496,7 +499,8 @@ def test_aligner_output_that_does_not_fit_the_words_is_an_engine_error(fake_vllm
 
 
 def test_vllms_own_classes_are_required(fake_vllm, model_dirs):
-    from qwen_worker.vllm_engine import ASR_ARCHITECTURE, check_native_classes
+    from qwen_worker.engines.vllm.args import ASR_ARCHITECTURE
+    from qwen_worker.engines.vllm.loader import check_native_classes
 
     check_native_classes()
 
@@ -517,10 +521,10 @@ def test_unknown_arguments_are_type_errors_as_in_vllm(fake_vllm, model_dirs, mon
         fake_vllm.AsyncEngineArgs(model="x", max_new_tokens=512)
     with pytest.raises(TypeError, match="Unexpected keyword argument 'max_new_tokens'"):
         fake_vllm.SamplingParams(temperature=0.0, max_new_tokens=512)
-    import qwen_worker.vllm_engine as vllm_engine
+    import qwen_worker.engines.vllm.loader as vllm_loader
 
-    real = vllm_engine.asr_engine_args
-    monkeypatch.setattr(vllm_engine, "asr_engine_args",
+    real = vllm_loader.asr_engine_args
+    monkeypatch.setattr(vllm_loader, "asr_engine_args",
                         lambda s, m: {**real(s, m), "max_audio_seconds": 60})
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_audio_seconds'"):
         load_engine(_settings(model_dirs))
@@ -542,7 +546,7 @@ def test_transformers_engine_reads_the_same_words(model_dirs):
 def test_cuda_turns_off_cudnn_attention_and_cpu_leaves_it():
     import torch
 
-    from qwen_worker.engine import configure_torch
+    from qwen_worker.engines.qwen_asr import configure_torch
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:
@@ -575,7 +579,7 @@ def test_control_tokens_in_a_context_never_reach_vllms_prompt(fake_vllm, model_d
     """The context is text on the GPU path too: every added token of the tokenizer is removed
     before the prompt is built (an `<|audio_pad|>` would make vLLM refuse the request; an
     `<|im_end|>` would add a turn), and a clean job running beside it is unaffected."""
-    from qwen_worker.prompts import control_tokens
+    from qwen_worker.engines.prompts import control_tokens
 
     engine = load_engine(_settings(model_dirs))
     asr, _ = _engines(fake_vllm)
@@ -652,7 +656,7 @@ def test_every_front_end_process_is_started_and_warm_before_the_first_job(fake_v
     processors, one pass of the ASR's on 1 s of silence): on the H200 a pool still starting
     took ~26 CPU s beside the first jobs after an engine restart (BENCHMARKS.md, run 12). A
     process that cannot start fails start-up with its own reason."""
-    from qwen_worker.frontend import FrontEnd
+    from qwen_worker.engines.vllm.frontend import FrontEnd
 
     load_engine(_settings(model_dirs, VLLM_FRONTEND_PROCESSES="3"))
     (front,) = fake_vllm.FRONTS
@@ -688,7 +692,7 @@ def test_audio_items_are_named_after_their_requests_across_processes(fake_vllm, 
 def test_a_dead_front_end_process_fails_jobs_with_refresh(fake_vllm, model_dirs, tmp_path):
     """A front-end process killed (by the kernel's OOM killer, say) breaks the pool: that job
     and every later one fail with refresh_worker, so RunPod replaces the worker."""
-    from qwen_worker.worker import Worker
+    from qwen_worker.jobs.worker import Worker
 
     settings = _settings(model_dirs, WORK_DIR=str(tmp_path / "jobs"))
     worker = Worker(settings, load_engine(settings))
@@ -805,7 +809,7 @@ def test_alignment_does_not_pause_asr_of_calls_as_short(fake_vllm, model_dirs, m
 def test_longer_calls_keep_half_of_the_gpu(fake_vllm, model_dirs, monkeypatch):
     """Short calls aligned back to back do not hold the ASR engine paused: a pause starts only
     while the pauses of the last second took less than half of it."""
-    from qwen_worker.vllm_engine import PAUSE_WINDOW_S
+    from qwen_worker.engines.vllm.pause import PAUSE_WINDOW_S
 
     assert PAUSE_WINDOW_S == 1.0
     engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
@@ -829,7 +833,7 @@ def test_a_pause_ends_early_after_half_a_second_or_for_a_call_as_short(fake_vllm
     """A long alignment pauses the ASR engine for MAX_PAUSE_S at most; and a call as short as
     the one aligned, sending ASR requests meanwhile, resumes it at once (a paused engine would
     hold them until the alignment ended)."""
-    from qwen_worker.vllm_engine import MAX_PAUSE_S
+    from qwen_worker.engines.vllm.pause import MAX_PAUSE_S
 
     engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
     asr, aligner = _engines(fake_vllm)
@@ -890,9 +894,9 @@ def test_an_asr_engine_that_cannot_be_resumed_fails_jobs_with_refresh(fake_vllm,
     never answers a utility call of an engine core that died): the requests in it are aborted
     and fail as a dead engine's do, and so does every later call; the alignment itself got
     its result."""
-    import qwen_worker.vllm_engine as vllm_engine
+    import qwen_worker.engines.vllm.pause as vllm_pause
 
-    monkeypatch.setattr(vllm_engine, "PAUSE_CALL_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(vllm_pause, "PAUSE_CALL_TIMEOUT_S", 0.3)
     engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
     asr, aligner = _engines(fake_vllm)
     _slow_aligner(aligner, monkeypatch, 0.05)
@@ -933,7 +937,7 @@ def test_profiled_kv_caches_start_the_engines_one_after_the_other(fake_vllm, mod
     """VLLM_KV_CACHE_SIZING=profiled: vLLM sizes each KV cache from the free memory it finds,
     so the second engine starts only once the first holds its memory (the start-up before the
     sizes were fixed). The default starts both at once (tests/test_exit.py)."""
-    from qwen_worker.startup import CLOCK
+    from qwen_worker.base.clock import CLOCK
 
     engine = load_engine(_settings(model_dirs, VLLM_KV_CACHE_SIZING="profiled"))
     try:

@@ -1,108 +1,26 @@
-"""The model edge: one small interface (`Engine`) and its transformers implementation.
-
-`QwenEngine` runs Qwen3-ASR and Qwen3-ForcedAligner through the qwen-asr package on
-transformers (CPU, development, tests; a GPU without vLLM). The GPU image runs
-`vllm_engine.VllmEngine` instead, on vLLM's own model classes. Everything here speaks in chunk
-time; `merge` turns it into file time.
-"""
+"""The transformers backend: Qwen3-ASR and Qwen3-ForcedAligner through the qwen-asr package
+(CPU, development, tests; a GPU without vLLM). Not thread-safe: the worker's `BatchScheduler`
+owns it and gathers the jobs' calls into shared batches."""
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from .config import Settings
-from .decode import SAMPLE_RATE
-from .errors import in_cause_chain
-from .languages import ALIGNER_LANGUAGES
-from .model_files import resolve_model
-from .prompts import ContextFitter
+from qwen_worker.base.clock import CLOCK
+from qwen_worker.base.config import Settings
+from qwen_worker.base.languages import ALIGNER_LANGUAGES
+from qwen_worker.base.types import SAMPLE_RATE, AlignedToken, AsrOutput
+from qwen_worker.engines.base import EngineError, is_out_of_memory, padded
+from qwen_worker.engines.prompts import ContextFitter, read_asr_output
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-# qwen-asr pads shorter inputs to this length itself; we must too, since we call below transcribe().
-MIN_INPUT_SAMPLES = SAMPLE_RATE // 2
-
-
-@dataclass(frozen=True)
-class AsrOutput:
-    """One chunk's transcription. language is "" for silence or an unrecognised label."""
-
-    language: str
-    text: str
-    output_tokens: int
-    hit_token_limit: bool
-    repetition_loop: bool
-
-
-@dataclass(frozen=True)
-class AlignedToken:
-    """One aligner unit (a word, or one CJK character) in chunk time, punctuation stripped."""
-
-    text: str
-    start: float
-    end: float
-
-
-class EngineError(RuntimeError):
-    """The model failed on a file: no partial transcript is returned."""
-
-
-class DiarizationError(EngineError):
-    """The speaker diarizer failed on a file (after its transcription)."""
-
-
-class Engine(Protocol):
-    backend: str
-    asr_model: str
-    aligner_model: str
-    aligner_languages: frozenset[str]
-    # True when the engine is safe to call from many job threads at once and batches their
-    # requests itself (vLLM); else the worker serialises calls through its BatchScheduler.
-    batches_itself: bool
-
-    def transcribe(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
-                   contexts: Sequence[str]) -> list[AsrOutput]: ...
-
-    def align(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
-              languages: Sequence[str]) -> list[list[AlignedToken]]: ...
-
-    def fit_context(self, context: str) -> tuple[str, list[str]]:
-        """(the context as the prompt will hold it, warnings for the job)."""
-        ...
-
-    def tokenize(self, text: str) -> list[int]:
-        """The ASR tokenizer's ids for `text` (no special tokens); any thread."""
-        ...
-
-
-class FatalEngineError(EngineError):
-    """The engine cannot serve another job (the worker is replaced)."""
-
-
-# Exception names and messages after which the GPU or the engine cannot be trusted again.
-# BrokenProcessPool: a vLLM front-end process died (frontend.py); the pool cannot recover.
-_FATAL_NAMES = ("EngineDeadError", "OutOfMemoryError", "AcceleratorError", "BrokenProcessPool",
-                "FatalEngineError")
-_FATAL_TEXT = ("CUDA error", "CUDA out of memory", "cuDNN error", "CUBLAS_STATUS",
-               "device-side assert", "NCCL error")
-
-
-def is_fatal_gpu_error(exc: BaseException) -> bool:
-    return in_cause_chain(exc, lambda e: type(e).__name__ in _FATAL_NAMES
-                          or any(t in str(e) for t in _FATAL_TEXT))
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
 
 
 def halve_on_oom(run: Callable[[list[T]], list[R]], items: list[T], device: str) -> list[R]:
@@ -126,58 +44,6 @@ def _release_gpu_cache(device: str) -> None:
         import torch
 
         torch.cuda.empty_cache()
-
-
-# qwen-asr's repetition fix (`detect_and_fix_repetitions`, threshold 20) changes a text only
-# where a pattern of 1-20 characters repeats at least 20 times in a row. Whether one does is
-# found here by the regex engine; the fix itself is pure Python that holds the GIL for tens of
-# milliseconds per long chunk (BENCHMARKS.md), and qwen-asr's `parse_asr_output` runs it on
-# every output.
-_REPEATS = re.compile(r"(.{1,20}?)\1{19,}", re.DOTALL)
-
-
-def read_asr_output(raw: str, forced: str | None, output_tokens: int,
-                    hit_token_limit: bool) -> AsrOutput:
-    """A chunk's raw model output ("language X<asr_text>text"), parsed as qwen-asr's
-    `parse_asr_output` parses it (tests/test_languages.py holds the two equal), its
-    repetition fix run only where there is a repetition."""
-    from qwen_asr.inference.utils import detect_and_fix_repetitions
-
-    stripped = raw.strip()
-    fixed = detect_and_fix_repetitions(stripped) if _REPEATS.search(stripped) else stripped
-    language, text = _language_and_text(fixed, forced)
-    return AsrOutput(language=language, text=text, output_tokens=output_tokens,
-                     hit_token_limit=hit_token_limit, repetition_loop=fixed != stripped)
-
-
-def _language_and_text(output: str, forced: str | None) -> tuple[str, str]:
-    """qwen-asr's reading of a (stripped, repaired) output: a forced language takes the whole
-    output as text; else "language X" before the `<asr_text>` tag names it ("language None":
-    no speech), and an output without the tag is text in no known language."""
-    # qwen-asr's own constants (private names of the pinned 0.0.6; the property test in
-    # tests/test_languages.py fails if they ever stop matching its parse_asr_output)
-    from qwen_asr.inference.utils import _ASR_TEXT_TAG, _LANG_PREFIX, normalize_language_name
-
-    if not output:
-        return "", ""
-    if forced:
-        return forced, output
-    meta, tag, text = output.partition(_ASR_TEXT_TAG)
-    if not tag:
-        return "", output.strip()
-    if "language none" in meta.lower():
-        return "", text.strip()
-    lines = (line.strip() for line in meta.splitlines())
-    named = next((line[len(_LANG_PREFIX):].strip() for line in lines
-                  if line.lower().startswith(_LANG_PREFIX)), "")
-    return (normalize_language_name(named) if named else ""), text.strip()
-
-
-def padded(samples: np.ndarray) -> np.ndarray:
-    """At least MIN_INPUT_SAMPLES (vLLM refuses audio of 160 samples or fewer)."""
-    if samples.shape[0] >= MIN_INPUT_SAMPLES:
-        return samples
-    return np.pad(samples, (0, MIN_INPUT_SAMPLES - samples.shape[0]))
 
 
 class QwenEngine:
@@ -305,19 +171,8 @@ def configure_torch(device: str) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-def load_engine(settings: Settings) -> Engine:
-    """Load both models once per worker process. vLLM starts processes: call only from __main__.
 
-    Raises model_files.StartupError, naming the setting, for a model it cannot find or read.
-    """
-    asr_path = resolve_model(settings.asr_model, "ASR_MODEL")
-    aligner_path = resolve_model(settings.aligner_model, "ALIGNER_MODEL")
-    if settings.backend == "vllm":
-        from .vllm_engine import load_vllm_engine
-
-        return load_vllm_engine(settings, asr_path, aligner_path)
-    from .startup import CLOCK
-
+def load_qwen_asr_engine(settings: Settings, asr_path: str, aligner_path: str) -> QwenEngine:
     with CLOCK.phase("models"):
         from qwen_asr import Qwen3ASRModel
 

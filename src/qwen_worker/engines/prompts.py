@@ -14,6 +14,8 @@ import re
 import threading
 from typing import Any, Iterable
 
+from qwen_worker.base.types import AsrOutput
+
 AUDIO_PLACEHOLDER = "<|audio_start|><|audio_pad|><|audio_end|>"
 ASR_TEXT_TAG = "<asr_text>"
 
@@ -78,3 +80,50 @@ class ContextFitter:
                 context = self._tokenizer.decode(ids[: self.max_tokens])
                 warnings.append("context was cut to MAX_CONTEXT_TOKENS tokens")
         return context, warnings
+
+
+# -- the model's answer ----------------------------------------------------------------------
+
+# qwen-asr's repetition fix (`detect_and_fix_repetitions`, threshold 20) changes a text only
+# where a pattern of 1-20 characters repeats at least 20 times in a row. Whether one does is
+# found here by the regex engine; the fix itself is pure Python that holds the GIL for tens of
+# milliseconds per long chunk (BENCHMARKS.md), and qwen-asr's `parse_asr_output` runs it on
+# every output.
+_REPEATS = re.compile(r"(.{1,20}?)\1{19,}", re.DOTALL)
+
+
+def read_asr_output(raw: str, forced: str | None, output_tokens: int,
+                    hit_token_limit: bool) -> AsrOutput:
+    """A chunk's raw model output ("language X<asr_text>text"), parsed as qwen-asr's
+    `parse_asr_output` parses it (tests/test_languages.py holds the two equal), its
+    repetition fix run only where there is a repetition."""
+    from qwen_asr.inference.utils import detect_and_fix_repetitions
+
+    stripped = raw.strip()
+    fixed = detect_and_fix_repetitions(stripped) if _REPEATS.search(stripped) else stripped
+    language, text = _language_and_text(fixed, forced)
+    return AsrOutput(language=language, text=text, output_tokens=output_tokens,
+                     hit_token_limit=hit_token_limit, repetition_loop=fixed != stripped)
+
+
+def _language_and_text(output: str, forced: str | None) -> tuple[str, str]:
+    """qwen-asr's reading of a (stripped, repaired) output: a forced language takes the whole
+    output as text; else "language X" before the `<asr_text>` tag names it ("language None":
+    no speech), and an output without the tag is text in no known language."""
+    # qwen-asr's own constants (private names of the pinned 0.0.6; the property test in
+    # tests/test_languages.py fails if they ever stop matching its parse_asr_output)
+    from qwen_asr.inference.utils import _ASR_TEXT_TAG, _LANG_PREFIX, normalize_language_name
+
+    if not output:
+        return "", ""
+    if forced:
+        return forced, output
+    meta, tag, text = output.partition(_ASR_TEXT_TAG)
+    if not tag:
+        return "", output.strip()
+    if "language none" in meta.lower():
+        return "", text.strip()
+    lines = (line.strip() for line in meta.splitlines())
+    named = next((line[len(_LANG_PREFIX):].strip() for line in lines
+                  if line.lower().startswith(_LANG_PREFIX)), "")
+    return (normalize_language_name(named) if named else ""), text.strip()

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
-from .subtitles import Segment, Word, build_segments, can_cut
+from qwen_worker.base.types import Segment, SpeakerCount, Turn, Word
+from qwen_worker.pipeline.subtitles import build_segments, can_cut
 
 if TYPE_CHECKING:
-    from .merge import Transcript
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One speaker's exclusive stretch of the file (no overlap with other turns), in seconds."""
-
-    start: float
-    end: float
-    speaker: str  # "SPEAKER_00", "SPEAKER_01", ... in order of first appearance
-
-
-@dataclass(frozen=True)
-class SpeakerCount:
-    """What the request says about the number of speakers: an exact count, or bounds."""
-
-    num_speakers: int | None = None
-    min_speakers: int | None = None
-    max_speakers: int | None = None
+    from qwen_worker.base.types import Transcript
 
 
 # A word that overlaps no turn takes the nearest one within this gap (a word spoken in a short

@@ -8,12 +8,14 @@ from typing import Any
 
 from runpod.serverless.utils.rp_validator import validate
 
-from .chunking import DEFAULT_CHUNK_SECONDS, MAX_CHUNK_SECONDS, MIN_CHUNK_SECONDS
-from .errors import ErrorCode, WorkerError
-from .languages import UnsupportedLanguage, normalize_language
-from .pipeline import Options
-from .speakers import SpeakerCount
-from .subtitles import SubtitleOptions
+from qwen_worker.base.errors import ErrorCode, WorkerError
+from qwen_worker.base.languages import UnsupportedLanguage, normalize_language
+from qwen_worker.base.types import Options, SpeakerCount, SubtitleOptions
+from qwen_worker.pipeline.chunking import (
+    DEFAULT_CHUNK_SECONDS,
+    MAX_CHUNK_SECONDS,
+    MIN_CHUNK_SECONDS,
+)
 
 FORMATS = ("srt", "vtt", "txt")
 MAX_URL_CHARS = 8192

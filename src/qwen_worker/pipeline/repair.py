@@ -9,7 +9,8 @@
    its words are spread evenly over the window (`find_collapsed`, `repair_window`,
    `spread_evenly`).
 
-The pipeline makes the engine calls; everything here is chunk-time arithmetic.
+The pipeline calls `retry_flawed` after transcription and `repair_collapsed` after alignment;
+each makes one batched engine call for all the chunks that need it. Times are chunk time.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .chunking import Chunk, quietest_point
-from .decode import SAMPLE_RATE
-from .engine import AlignedToken, AsrOutput
+import numpy as np
+
+from qwen_worker.base.languages import is_unspaced
+from qwen_worker.base.types import SAMPLE_RATE, AlignedToken, AsrOutput, Chunk
+from qwen_worker.engines.base import Engine, engine_call
+from qwen_worker.pipeline.chunking import quietest_point
 
 # A run of at least this many words on one start time (or with zero duration) is a collapse;
 # two short words can legitimately share an 80 ms aligner bin.
@@ -127,3 +131,84 @@ def spread_evenly(words: Sequence[AlignedToken], start: float, end: float) -> li
     step = (end - start) / max(len(words), 1)
     return [AlignedToken(w.text, round(start + k * step, 3), round(start + (k + 1) * step, 3))
             for k, w in enumerate(words)]
+
+
+# -- the repairs, run: the pipeline calls each once per file ----------------------------------
+
+def _where(chunk: Chunk) -> str:
+    return f"chunk {chunk.index} ({chunk.offset:.1f}-{chunk.offset + chunk.duration:.1f} s)"
+
+
+def _flaw_text(out: AsrOutput) -> str:
+    parts = []
+    if out.hit_token_limit:
+        parts.append(f"reached the MAX_NEW_TOKENS limit ({out.output_tokens} tokens)")
+    if out.repetition_loop:
+        parts.append("repeated itself in a loop")
+    return " and ".join(parts)
+
+
+def retry_flawed(samples: np.ndarray, chunks: list[Chunk], outputs: list[AsrOutput],
+                  language: str | None, context: str, engine: Engine, warnings: list[str]
+                  ) -> tuple[list[Chunk], list[AsrOutput]]:
+    """Transcribe each looping or truncated chunk once more as two halves, all halves in one
+    call; keep the cleaner result. A kept retry becomes two chunks, re-numbered in order."""
+    todo = [i for i, out in enumerate(outputs) if needs_retry(out)]
+    if not todo:
+        return chunks, outputs
+    halves = {i: split_at_quietest(chunks[i], samples) for i in todo}
+    flat = [h for i in todo for h in halves[i]]
+    retried = engine_call("transcription", lambda: engine.transcribe(
+        [h.samples for h in flat], [language] * len(flat), [context] * len(flat)))
+    new_chunks: list[Chunk] = []
+    new_outputs: list[AsrOutput] = []
+    for i, (chunk, out) in enumerate(zip(chunks, outputs)):
+        if i not in halves:
+            new_chunks.append(chunk)
+            new_outputs.append(out)
+            continue
+        k = todo.index(i)
+        pair = retried[2 * k:2 * k + 2]
+        cut = halves[i][0].end / SAMPLE_RATE
+        told = (f"{_where(chunk)}: the output {_flaw_text(out)}; transcribed again as two "
+                f"halves cut at {cut:.1f} s: ")
+        if prefer_halves(out, pair):
+            new_chunks.extend(halves[i])
+            new_outputs.extend(pair)
+            warnings.append(told + ("fixed" if flaws(pair) == 0 else
+                                    "better, but still flawed; the text there may be incomplete"))
+        else:
+            new_chunks.append(chunk)
+            new_outputs.append(out)
+            warnings.append(told + "not better, kept the first result; the text there may be "
+                            "incomplete")
+    renumbered = [Chunk(n, c.start, c.end, c.samples) for n, c in enumerate(new_chunks)]
+    return renumbered, new_outputs
+
+
+def repair_collapsed(chunks: list[Chunk], outputs: list[AsrOutput],
+                      alignments: list[list[AlignedToken] | None], engine: Engine,
+                      warnings: list[str]) -> None:
+    """Align each run of collapsed word times again on its own audio (one batched call);
+    spread a run evenly over its window when that is still collapsed. In place."""
+    found = [(i, span) for i, tokens in enumerate(alignments) if tokens
+             for span in find_collapsed(tokens, chunks[i].duration)]
+    if not found:
+        return
+    texts = []
+    for i, span in found:
+        words = alignments[i][span.first:span.last + 1]
+        texts.append(("" if is_unspaced(outputs[i].language) else " ").join(w.text for w in words))
+    realigned = engine_call("alignment", lambda: engine.align(
+        [window_samples(chunks[i], span) for i, span in found], texts,
+        [outputs[i].language for i, _ in found]))
+    for (i, span), again in zip(found, realigned, strict=True):
+        words = alignments[i][span.first:span.last + 1]
+        fixed, aligned_ok = repair_window(span, words, again)
+        alignments[i][span.first:span.last + 1] = fixed
+        offset = chunks[i].offset
+        warnings.append(
+            f"{_where(chunks[i])}: {len(words)} word timestamps "
+            f"({offset + span.window_start:.1f}-{offset + span.window_end:.1f} s) had collapsed "
+            "onto one instant; " + ("aligned again on their own audio" if aligned_ok else
+                                    "spread evenly over that stretch: their times are estimates"))

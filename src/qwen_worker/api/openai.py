@@ -19,8 +19,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import ErrorCode
-from .languages import UnsupportedLanguage, normalize_language
+from qwen_worker.base.errors import ErrorCode
+from qwen_worker.base.languages import UnsupportedLanguage, normalize_language
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 GRANULARITIES = ("word", "segment")

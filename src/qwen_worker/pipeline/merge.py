@@ -15,73 +15,24 @@ estimated from character counts at the chunk's own pace, and `warnings` says so.
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from .chunking import Chunk
-from .engine import AlignedToken, AsrOutput
-from .languages import is_unspaced
-from .subtitles import (Segment, SubtitleOptions, Word, build_segments, cuts_freely,
-                        is_kept)
+from qwen_worker.base.languages import is_unspaced
+from qwen_worker.base.types import (
+    AlignedToken,
+    AsrOutput,
+    Chunk,
+    ChunkInfo,
+    Segment,
+    SubtitleOptions,
+    Transcript,
+    Word,
+)
+from qwen_worker.pipeline.subtitles import build_segments, cuts_freely, is_kept
 
 __all__ = ["ChunkInfo", "ChunkWords", "Segment", "SubtitleOptions", "Transcript", "Word",
            "align_words", "build_segments", "merge_chunks"]
-
-
-@dataclass(frozen=True)
-class ChunkInfo:
-    index: int
-    start: float
-    end: float
-    language: str
-    text: str
-
-
-@dataclass
-class Transcript:
-    text: str
-    language: str
-    languages: list[str]
-    duration: float
-    words: list[Word]
-    segments: list[Segment]
-    chunks: list[ChunkInfo]
-    warnings: list[str]
-    # How the segments were cut; the SRT and VTT writers break lines with the same limits.
-    subtitle: SubtitleOptions = field(default=SubtitleOptions(), repr=False, compare=False)
-    # Every chunk's words and marks, aligned or not: what the segments were cut from (and are
-    # cut from again at speaker changes). Not part of the output.
-    pieces: list[Word] = field(default_factory=list, repr=False, compare=False)
-    # Diarized only: each speaker's label and talk time, in order of first appearance.
-    speakers: list[dict] | None = None
-
-    def to_dict(self) -> dict:
-        diarized = self.speakers is not None
-        words = []
-        for w in self.words:
-            word = {"word": w.word, "start": w.start, "end": w.end, "space": w.space}
-            if diarized:
-                word["speaker"] = w.speaker
-            words.append(word)
-        segments = []
-        for s in self.segments:
-            segment = asdict(s)
-            if not diarized:  # undiarized output stays as it was
-                del segment["speaker"]
-            segments.append(segment)
-        out = {
-            "text": self.text,
-            "language": self.language,
-            "languages": list(self.languages),
-            "duration": self.duration,
-            "words": words,
-            "segments": segments,
-            "chunks": [asdict(c) for c in self.chunks],
-            "warnings": list(self.warnings),
-        }
-        if diarized:
-            out["speakers"] = [dict(s) for s in self.speakers]
-        return out
 
 
 # ---- aligner units -> words as written ----------------------------------------------------

@@ -19,8 +19,8 @@ import pybase64
 import requests
 from runpod.serverless.utils import rp_ssrf
 
-from .errors import ErrorCode, WorkerError
-from .lifecycle import LIFETIME
+from qwen_worker.base.errors import ErrorCode, WorkerError
+from qwen_worker.base.lifecycle import LIFETIME
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .config import Bucket, Settings
-from .errors import ErrorCode, WorkerError
+from qwen_worker.base.config import Bucket, Settings
+from qwen_worker.base.errors import ErrorCode, WorkerError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""One job: validate -> fetch -> probe -> transcribe -> format, with every failure mapped to a code.
+"""One job: validate -> fetch -> transcribe -> output, every failure mapped to a code (`codes`).
 
 Jobs run concurrently, each in a thread of its own (downloads and decodes overlap); their
 engine calls share batches: in vLLM's running batch (GPU), or in the one `BatchScheduler`'s
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import errno
 import logging
 import shutil
 import tempfile
@@ -19,29 +18,31 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .decode import (AudioTooLong, DecodeError, DecoderCrashed, DecoderKilled, EmptyAudio,
-                     FormatRefused, NoAudioStream, TruncatedAudio, probe)
-from .download import INPUT_NAME, DownloadPolicy, decode_base64, fetch_url
-from .engine import DiarizationError, Engine, EngineError, is_fatal_gpu_error
-from .errors import ErrorCode, WorkerError, in_cause_chain
-from .formats import WRITERS
-from .lifecycle import (JOB_DIR_PREFIX, LIFETIME, JobCancelled, JobScope, Stopped,
-                        ensure_sigterm_handler, sweep_job_dirs)
-from .pipeline import Progress, Timings, transcribe_file
-from .request import parse_request
-from .results import deliver
-from .scheduler import BatchScheduler
-from .speakers import DiarizationUnavailable, TurnSource
+from qwen_worker.base.config import Settings
+from qwen_worker.base.errors import ErrorCode, WorkerError
+from qwen_worker.base.lifecycle import (
+    JOB_DIR_PREFIX,
+    LIFETIME,
+    JobCancelled,
+    JobScope,
+    Stopped,
+    ensure_sigterm_handler,
+    sweep_job_dirs,
+)
+from qwen_worker.base.types import Progress, Timings
+from qwen_worker.engines.base import Engine
+from qwen_worker.engines.scheduler import BatchScheduler
+from qwen_worker.jobs.codes import code_for
+from qwen_worker.jobs.output import build_output
+from qwen_worker.jobs.request import parse_request
+from qwen_worker.jobs.results import deliver
+from qwen_worker.pipeline.download import INPUT_NAME, DownloadPolicy, decode_base64, fetch_url
+from qwen_worker.pipeline.speakers import TurnSource
+from qwen_worker.pipeline.transcribe import transcribe_file
 
 log = logging.getLogger(__name__)
 
 PROGRESS_POST_SECONDS = 5.0
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return in_cause_chain(exc, lambda e: isinstance(e, OSError)
-                          and e.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 class Worker:
@@ -112,25 +113,18 @@ class Worker:
                     return output
                 # Too large for RunPod's payload limit: uploaded to the bucket, or trimmed.
                 return deliver(output, self.settings, str(job.get("id", "")))
-        except WorkerError as err:
-            if scope.reason is not None:  # the stop caused it: say so, not what it broke
-                return self._stopped(job, scope.reason)
-            log.info("job %s failed: %s", job.get("id"), err.code.value)
-            return err.to_output()
         except Stopped as stop:
             return self._stopped(job, type(stop))
-        except Exception as exc:  # a bug must not take the worker down or leak paths
-            if scope.reason is not None:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a coded error
+            if scope.reason is not None:  # the stop caused it: say so, not what it broke
                 return self._stopped(job, scope.reason)
-            if is_disk_full(exc):
-                log.error("job %s failed: the disk under WORK_DIR is full", job.get("id"))
-                return WorkerError(ErrorCode.DISK_FULL, "the worker's disk is full; the worker "
-                                   "will be replaced, retry the job", refresh_worker=True).to_output()
-            log.exception("job %s failed unexpectedly", job.get("id"))
-            fatal = is_fatal_gpu_error(exc)
-            code = ErrorCode.ENGINE_ERROR if fatal else ErrorCode.INTERNAL_ERROR
-            return WorkerError(code, "the worker hit an unexpected error; see the worker log",
-                               refresh_worker=fatal).to_output()
+            err, note = code_for(exc)
+            if note is None:
+                log.info("job %s failed: %s", job.get("id"), err.code.value)
+            else:
+                log.error("job %s failed: %s (%s)", job.get("id"), err.code.value, note,
+                          exc_info=exc)
+            return err.to_output()
         finally:
             if job_dir is not None:
                 shutil.rmtree(job_dir, ignore_errors=True)
@@ -189,49 +183,11 @@ class Worker:
             path = decode_base64(request.audio_base64, job_dir, s.max_base64_bytes)
         download_s = time.perf_counter() - t0
 
-        try:
-            info = probe(path)
-            engine = self.engine if self.scheduler is None else self.scheduler.engine_for_job()
-            transcript = transcribe_file(path, request.options, engine,
-                                         max_audio_seconds=s.max_audio_seconds,
-                                         decode_workers=s.decode_workers, info=info,
-                                         timings=timings, progress=progress,
-                                         diarizer=self.diarizer)
-        except DiarizationUnavailable as exc:
-            raise WorkerError(ErrorCode.DIARIZATION_UNAVAILABLE, str(exc)) from None
-        except AudioTooLong as exc:
-            raise WorkerError(ErrorCode.AUDIO_TOO_LONG, str(exc)) from None
-        except FormatRefused as exc:  # a playlist or manifest: nothing it names was opened
-            log.warning("refused a %s file", exc.demuxer)
-            raise WorkerError(ErrorCode.AUDIO_FORMAT_REFUSED, str(exc)) from None
-        except (NoAudioStream, EmptyAudio, DecoderCrashed) as exc:
-            raise WorkerError(ErrorCode.AUDIO_UNREADABLE, str(exc)) from None
-        except TruncatedAudio as exc:
-            raise WorkerError(ErrorCode.AUDIO_TRUNCATED, str(exc)) from None
-        except DecoderKilled as exc:
-            log.error("decoder killed: %s", exc)
-            raise WorkerError(ErrorCode.DECODE_INTERRUPTED, "the decoder was stopped before the "
-                              "end of the audio (killed from outside); retry the job") from None
-        except DecodeError as exc:
-            raise WorkerError(ErrorCode.AUDIO_UNREADABLE,
-                              "the data is not audio that ffmpeg can decode") from exc
-        except EngineError as exc:
-            log.error("engine failure: %s", exc, exc_info=exc.__cause__)
-            what = ("speaker diarization" if isinstance(exc, DiarizationError) else "the model")
-            raise WorkerError(ErrorCode.ENGINE_ERROR,
-                              f"{what} failed on this audio; no partial transcript is returned",
-                              refresh_worker=is_fatal_gpu_error(exc)) from None
-
-        total = time.perf_counter() - started
-        output = transcript.to_dict()
-        output["model"] = {"asr": self.engine.asr_model, "aligner": self.engine.aligner_model,
-                           "backend": self.engine.backend}
-        output["timings"] = {"download": round(download_s, 3), "decode": round(timings.decode, 3),
-                             "asr": round(timings.asr, 3), "align": round(timings.align, 3),
-                             "total": round(total, 3)}
-        if request.options.diarize:
-            output["timings"]["diarize"] = round(timings.diarize, 3)
-        output["rtf"] = round(total / transcript.duration, 4) if transcript.duration else None
-        for fmt in request.formats:
-            output[fmt] = WRITERS[fmt](transcript)
-        return output
+        engine = self.engine if self.scheduler is None else self.scheduler.engine_for_job()
+        transcript = transcribe_file(path, request.options, engine,
+                                     max_audio_seconds=s.max_audio_seconds,
+                                     decode_workers=s.decode_workers, timings=timings,
+                                     progress=progress, diarizer=self.diarizer)
+        return build_output(transcript, self.engine, timings, download_s=download_s,
+                            total_s=time.perf_counter() - started, formats=request.formats,
+                            diarized=request.options.diarize)

@@ -6,36 +6,17 @@ buffer, never copies. Offsets are whole samples, so file time = offset + chunk t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .decode import SAMPLE_RATE
+from qwen_worker.base.types import DEFAULT_CHUNK_SECONDS, SAMPLE_RATE, Chunk
 
 MIN_CHUNK_SECONDS = 30.0
 # Qwen3-ForcedAligner takes at most 5 minutes per input.
 MAX_CHUNK_SECONDS = 300.0
-DEFAULT_CHUNK_SECONDS = 270.0
 _FRAME = SAMPLE_RATE // 100  # 10 ms energy frames
 _SMOOTH_FRAMES = 20  # quietness is judged over 200 ms, not one frame
 # A final chunk shorter than this is avoided by cutting earlier (it would carry little context).
 MIN_TAIL_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class Chunk:
-    index: int
-    start: int  # first sample, in file samples
-    end: int  # one past the last sample
-    samples: np.ndarray  # a view: audio[start:end]
-
-    @property
-    def offset(self) -> float:
-        return self.start / SAMPLE_RATE
-
-    @property
-    def duration(self) -> float:
-        return (self.end - self.start) / SAMPLE_RATE
 
 
 def search_window(target_seconds: float) -> float:

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import Settings
-from .engine import DiarizationError
-from .model_files import StartupError
-from .speakers import SpeakerCount, Turn
+from qwen_worker.base.config import Settings
+from qwen_worker.base.types import SpeakerCount, Turn
+from qwen_worker.engines.base import DiarizationError
+from qwen_worker.engines.model_files import StartupError
 
 log = logging.getLogger(__name__)
 

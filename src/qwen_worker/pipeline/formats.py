@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from .merge import Segment, Transcript
-from .speakers import speaker_runs
-from .subtitles import join_words, wrap
+from qwen_worker.base.types import Segment, Transcript
+from qwen_worker.pipeline.speakers import speaker_runs
+from qwen_worker.pipeline.subtitles import join_words, wrap
 
 
 def _clock(seconds: float, decimal: str) -> str:

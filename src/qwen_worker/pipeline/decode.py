@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .lifecycle import LIFETIME
+from qwen_worker.base.lifecycle import LIFETIME
+from qwen_worker.base.types import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 BYTES_PER_SAMPLE = 4  # float32
 # Below this, one process is as fast as several (start-up cost dominates).
 PARALLEL_MIN_SECONDS = 120.0

@@ -23,9 +23,9 @@ import os
 import shutil
 import signal
 import threading
-from pathlib import Path
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
@@ -279,8 +279,9 @@ def _stop_resource_tracker(grace: float) -> None:
     """multiprocessing's resource tracker ignores SIGTERM: it ends, after releasing what
     processes left registered, once every holder of its pipe is gone. Its own `_stop` closes
     this process's end and waits; a kill is the fallback."""
-    import psutil
     from multiprocessing import resource_tracker
+
+    import psutil
 
     pid = _resource_tracker_pid()
     # The process is ending: nothing may start a tracker again. A semaphore's finalizer
@@ -309,3 +310,27 @@ def adopt_orphans() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: orphans go to init, as before
         log.debug("cannot become a child subreaper", exc_info=True)
+
+
+class Closers:
+    """What must be closed before the process ends (the engines), newest first."""
+
+    def __init__(self) -> None:
+        self._closers: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def add(self, close: Callable[[], None]) -> None:
+        with self._lock:
+            self._closers.append(close)
+
+    def close_all(self) -> None:
+        with self._lock:
+            closers, self._closers = self._closers[::-1], []
+        for close in closers:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - the way out goes on; the children end below
+                log.debug("closing failed", exc_info=True)
+
+
+CLOSERS = Closers()

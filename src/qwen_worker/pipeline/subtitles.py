@@ -17,13 +17,9 @@ import functools
 import itertools
 import re
 import unicodedata
-from dataclasses import dataclass, field
 from typing import Sequence
 
-MIN_CUE_SECONDS = 0.8
-PAUSE_SECONDS = 1.0
-DEFAULT_LINE_WIDTH = 42
-DEFAULT_CJK_LINE_WIDTH = 16
+from qwen_worker.base.types import Segment, SubtitleOptions, Word
 
 SENTENCE_END = frozenset(".!?。！？…؟।")
 # Marks after which a clause ends: a cue cut there reads better than one mid-clause.
@@ -45,54 +41,6 @@ NUMBER_ABBREVIATIONS = frozenset({"No", "Nos", "Nr", "Fig", "Figs", "Vol", "Vols
                                   "Art", "Ch", "Eq", "Sec", "Abb", "Bd"})
 # "U.S.A.", "e.g.", "i.e.", "a.m.", "z.B.", "т.е.", and single initials ("J. R. R. Tolkien").
 _INITIALISM = re.compile(r"^(?:[^\W\d_]\.){2,}$|^[^\W\d_]\.$")
-
-
-@dataclass(frozen=True)
-class SubtitleOptions:
-    """Cue limits. `max_line_width` counts characters of space-delimited text; text that is
-    mostly CJK (Chinese, Japanese, Korean: full-width characters, each counted as one) gets
-    `cjk_line_width`, which follows `max_line_width` in proportion 16:42 (42 -> 16, 32 -> 12)."""
-
-    max_line_width: int = DEFAULT_LINE_WIDTH
-    max_line_count: int = 2
-    max_cue_seconds: float = 7.0
-    min_cue_seconds: float = MIN_CUE_SECONDS
-    pause_seconds: float = PAUSE_SECONDS
-    # Diarized cues name their speaker (SRT "SPEAKER_00: ", VTT <v SPEAKER_00>); False: not.
-    speaker_labels: bool = True
-
-    @functools.cached_property
-    def cjk_line_width(self) -> int:
-        return max(1, round(self.max_line_width * DEFAULT_CJK_LINE_WIDTH / DEFAULT_LINE_WIDTH))
-
-
-@dataclass(frozen=True)
-class Word:
-    word: str
-    start: float
-    end: float
-    # The whitespace before the word in the text, exactly ("" inside CJK text and at the start).
-    space: str = field(default=" ", repr=False, compare=False)
-    # True when the time is interpolated (no aligner time for this word).
-    estimated: bool = field(default=False, repr=False, compare=False)
-    # True when the chunk had no aligner at all: the time is the chunk's text spread over the
-    # chunk, good for placing cues only (such words are not in `words`).
-    untimed: bool = field(default=False, repr=False, compare=False)
-    # The diarized speaker of the word's time; None when not diarized or no turn is near.
-    speaker: str | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def space_before(self) -> bool:
-        return bool(self.space)
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    start: float
-    end: float
-    text: str
-    speaker: str | None = None  # set only on a diarized transcript
 
 
 # ---- characters ---------------------------------------------------------------------------

@@ -27,8 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .engine import AlignedToken, AsrOutput, Engine, is_fatal_gpu_error, is_out_of_memory
-from .lifecycle import ShuttingDown, wait_in_job
+from qwen_worker.base.lifecycle import ShuttingDown, wait_in_job
+from qwen_worker.base.types import AlignedToken, AsrOutput
+from qwen_worker.engines.base import Engine, is_fatal_gpu_error, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
