@@ -63,7 +63,7 @@ def audio(tmp_path_factory) -> Path:
 def direct(model_dirs, tmp_path_factory, audio):
     """The worker's own job output for the same audio (the queue handler's path), with the
     tokenizer the server uses: what every response format must agree with."""
-    from server import load_worker
+    from qwen_worker.api.http import load_worker
 
     settings = settings_for(model_dirs["english"], model_dirs["aligner"],
                             WORK_DIR=str(tmp_path_factory.mktemp("direct-jobs")))
@@ -98,7 +98,7 @@ def test_ping_answers_204_while_the_models_load_then_200(api):
 def test_loading_state_is_held_until_the_models_are_there(model_dirs, tmp_path, audio):
     """The app's states with loading held open (a gate before the real loader): 204 and 503
     WORKER_NOT_READY while loading, 200 and a transcript after, over real HTTP (uvicorn)."""
-    from server import ServerState, create_app, load_worker
+    from qwen_worker.api.http import ServerState, create_app, load_worker
 
     settings = settings_for(model_dirs["english"], model_dirs["aligner"], WORK_DIR=str(tmp_path))
     state = ServerState(settings)

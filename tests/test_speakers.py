@@ -422,7 +422,7 @@ def diarizing_api(model_dirs, tmp_path_factory):
     import openai
     import uvicorn
 
-    from server import ServerState, create_app, load_worker
+    from qwen_worker.api.http import ServerState, create_app, load_worker
     from worker_server import free_port
 
     settings = settings_for(model_dirs["english"], model_dirs["aligner"],
