@@ -39,6 +39,10 @@ cores and this process with py-spy during the one-call and top-concurrency job p
 `--profile-gil DIR` this process's GIL-holding stacks alone during the steady phase;
 `--phases` picks phases (a short device run: `--phases one-call,jobs,during --alone 16`).
 
+This file is the command line; gpu_models builds the dirs and the inputs, gpu_instruments
+measures and keeps the rows, gpu_phases runs the phases (through public engine options only:
+`BenchOptions`, `with_bench_options`, `probe`, the worker's `repair_collapsed_times`).
+
     python bench/gpu.py --size 0.6b --transformers --json $OUT/gpu-0.6b.json   # GPU machine
     .venv/bin/python bench/gpu.py --smoke          # CPU: the stand-in vllm, tiny dims, few jobs
 """
