@@ -278,6 +278,24 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, model_d
     assert words == within[0] and max(w.end for w in words) <= 20.0
 
 
+def test_a_probe_is_one_request_vllm_processes_with_the_callers_params(fake_vllm, model_dirs):
+    """`probe` (benchmarks: vLLM's raw probabilities against the transformers backend's): one
+    request per call, its prompt processed by vLLM itself, with the params given as they are."""
+    from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
+    from vllm import PoolingParams, SamplingParams
+
+    engine = load_engine(_settings(model_dirs))
+    asr, aligner = _engines(fake_vllm)
+    audio = np.zeros(5 * SECOND, np.float32)
+    out = engine.probe("asr", asr_prompt("", "English"), audio,
+                       SamplingParams(temperature=0.0, max_tokens=1, detokenize=False))
+    assert len(out.outputs[0].token_ids) == 1 and asr.requests[-1]["params"].max_tokens == 1
+    _, prompt = Qwen3ForceAlignProcessor().encode_timestamp("hello there", "English")
+    pooled = engine.probe("aligner", prompt, audio, PoolingParams(task="token_classify"))
+    assert pooled.finished and aligner.requests[-1]["prompt"]["prompt"] == prompt
+    assert "returned_token_ids" not in aligner.requests[-1]["params"].kwargs  # all classes
+
+
 @pytest.mark.parametrize("language,suffix", [(None, "assistant\n"),
                                              ("French", "language French<asr_text>")])
 def test_detected_and_forced_language_prompts(fake_vllm, model_dirs, language, suffix):
