@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Bucket:
-    """Where results go when they are uploaded (results.py): an S3-compatible service."""
+    """Where results go when they are uploaded (jobs/results.py): an S3-compatible service."""
 
     endpoint_url: str  # the service, without the bucket
     name: str
@@ -89,13 +89,13 @@ class Settings:
     scheduler_gather_s: float  # an idle engine waits this long for more jobs to join a call
     scheduler_max_chunks: int  # chunks in one shared engine call (one job's file is never split)
     progress_updates: bool  # on RunPod's job loop: post progress for /status
-    bucket: Bucket | None  # results.py uploads results here; None: over-limit results are trimmed
+    bucket: Bucket | None  # jobs/results.py uploads results here; None: over-limit results are trimmed
     result_max_bytes: int  # a result's JSON over this is uploaded (bucket) or trimmed (none)
     result_upload: str  # "auto": only over-limit results are uploaded; "always": every result
     result_url_expiry_s: int  # presigned URLs of uploaded results last this long
     # src/server.py only: the bearer token callers must send ("" = no auth); kept out of repr.
     server_api_key: str = field(default="", repr=False)
-    # Speaker diarization (diarize.py), offered only when this folder exists. A local folder,
+    # Speaker diarization (engines/diarizer.py), offered only when this folder exists. A local folder,
     # never a hub id: a pipeline's config.yaml can instantiate arbitrary callables.
     diarization_model_dir: Path = BAKED_DIARIZATION_DIR
     # 10 s windows per embedding batch: bounds the diarizer's GPU memory (community-1 ships 32).
@@ -277,7 +277,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vllm_max_model_len=_int(env, "VLLM_MAX_MODEL_LEN", 8192, 1024, 65536),
         # The ASR engine's share of the card (weights, activations, KV cache). On an L4
         # (22.5 GiB): 10.1 GiB, of which 7.2 GiB KV cache (67k tokens); the aligner takes 0.30,
-        # and the rest holds the engines' CUDA contexts and spare blocks (BENCHMARKS.md, run 18).
+        # and the rest holds the engines' CUDA contexts and spare blocks (docs/gpu.md, "Memory on one card").
         vllm_gpu_memory_utilization=_float(env, "VLLM_GPU_MEMORY_UTILIZATION", 0.45, 0.02, 0.95),
         # One audio item must fit the encoder cache, which is this budget: >= 3900 (300 s).
         vllm_max_num_batched_tokens=_int(env, "VLLM_MAX_NUM_BATCHED_TOKENS", 16384, 1024, 1 << 20),
@@ -293,21 +293,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                                  aligner_len, 1024, 1 << 20),
         vllm_aligner_enforce_eager=_bool(env, "VLLM_ALIGNER_ENFORCE_EAGER", False),
         # vLLM's input processing (audio features, tokens) in processes of its own: in this
-        # process it shared one event loop and the GIL with every job (frontend.py).
+        # process it shared one event loop and the GIL with every job (engines/vllm/frontend.py).
         vllm_frontend_processes=_int(env, "VLLM_FRONTEND_PROCESSES",
                                      # a core each; 4 left for the engine cores and jobs
                                      min(12, max(1, _usable_cores() - 4)), 1, 64),
         # torch's CPU threads in each engine process. Their CPU work is many small ops between
         # GPU steps; a pool of a thread per core made each op wait for threads that the front
-        # end, ffmpeg and the other engine had taken (BENCHMARKS.md, run 8).
+        # end, ffmpeg and the other engine had taken (docs/gpu.md, "Host CPU").
         vllm_engine_threads=_int(env, "VLLM_ENGINE_THREADS", 1, 0, 256),
         # The audio encoder's first convolutions hold ~6 MB of activations per 1 s window; the
         # models ship with 500 windows a pass (~3 GB in each engine, sized into its share at
-        # start-up and the largest block its allocator keeps). 100: ~0.6 GB (BENCHMARKS.md).
+        # start-up and the largest block its allocator keeps). 100: ~0.6 GB (docs/gpu.md, "Memory on one card").
         vllm_encoder_conv_windows=_int(env, "VLLM_ENCODER_CONV_WINDOWS", 100, 1, 100000),
         # The two engines time-slice one GPU: a 30 s job's alignment took 2-2.5x its time alone
         # while an hour-long file decoded. Pausing the ASR engine while a call shorter than all
-        # it runs is aligned gives the aligner the GPU (vllm_engine.AsrPause; BENCHMARKS.md).
+        # it runs is aligned gives the aligner the GPU (engines/vllm/pause.py; BENCHMARKS.md, "Latency").
         vllm_align_pauses_longer_asr=_bool(env, "VLLM_ALIGN_PAUSES_LONGER_ASR", True),
         # Two engines cannot size their KV caches from the card's free memory at the same time
         # (vLLM's profiling reads device-wide free memory): "computed" gives each its share of
@@ -317,7 +317,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                      ("computed", "profiled")),
         # Activations, CUDA graphs and the CUDA context, within each engine's share, at the
         # default batch sizes: vLLM profiled 1.4-1.6 GiB of them for the 0.6B and the 1.7B
-        # (BENCHMARKS.md, KV cache rows).
+        # (docs/cold-start.md, "Why the two engines can start together").
         vllm_activation_reserve_gib=_float(env, "VLLM_ACTIVATION_RESERVE_GIB", 1.75, 0.25, 64.0),
         # The dummy encoder pass only serves profiling; the chunk cap and the conv passes
         # (VLLM_ENCODER_CONV_WINDOWS) bound the encoder's peak, which the reserve holds.
@@ -336,7 +336,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         # 16 jobs on a GPU: on an H200 confined to an L4's memory, 64 clips of 30 s cost 50.2
         # GPU s per audio hour one at a time, 6.67 at 16 jobs and 3.60 at 64, where a job's p50
-        # is 1.59 s against 0.88 s at 16 (BENCHMARKS.md, run 18). Each job also holds its
+        # is 1.59 s against 0.88 s at 16 (docs/gpu.md, "Sizing `MAX_CONCURRENCY`"). Each job also holds its
         # decoded audio in host memory (~230 MB per audio hour) and its download on disk.
         max_concurrency=_int(env, "MAX_CONCURRENCY", 16 if device == "cuda" else 2, 1, 256),
         scheduler_gather_s=_int(env, "SCHEDULER_GATHER_MS", 20, 0, 10000) / 1000.0,

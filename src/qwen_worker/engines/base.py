@@ -57,7 +57,7 @@ class FatalEngineError(EngineError):
 
 
 # Exception names and messages after which the GPU or the engine cannot be trusted again.
-# BrokenProcessPool: a vLLM front-end process died (frontend.py); the pool cannot recover.
+# BrokenProcessPool: a vLLM front-end process died (engines/vllm/frontend.py); the pool cannot recover.
 _FATAL_NAMES = ("EngineDeadError", "OutOfMemoryError", "AcceleratorError", "BrokenProcessPool",
                 "FatalEngineError")
 _FATAL_TEXT = ("CUDA error", "CUDA out of memory", "cuDNN error", "CUBLAS_STATUS",

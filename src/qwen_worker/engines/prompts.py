@@ -87,7 +87,7 @@ class ContextFitter:
 # qwen-asr's repetition fix (`detect_and_fix_repetitions`, threshold 20) changes a text only
 # where a pattern of 1-20 characters repeats at least 20 times in a row. Whether one does is
 # found here by the regex engine; the fix itself is pure Python that holds the GIL for tens of
-# milliseconds per long chunk (BENCHMARKS.md), and qwen-asr's `parse_asr_output` runs it on
+# milliseconds per long chunk (docs/gpu.md, "Host CPU"), and qwen-asr's `parse_asr_output` runs it on
 # every output.
 _REPEATS = re.compile(r"(.{1,20}?)\1{19,}", re.DOTALL)
 

@@ -190,7 +190,7 @@ def decode_base64(data: str, dest_dir: Path, max_bytes: int) -> Path:
 
     pybase64 (SIMD; vLLM's own dependency): the standard library's decoder held the GIL ~9 ms
     per 30 s WAV clip on the H200's host, and 64 clips arriving at once queued ~0.6 s of it in
-    front of every job's decode (BENCHMARKS.md, run 11). Whitespace (MIME line breaks) is
+    front of every job's decode (BENCHMARKS.md, "Ingest"). Whitespace (MIME line breaks) is
     removed only when the strict decode finds some, which keeps the clean case one pass."""
     payload = data.strip()
     if payload.startswith("data:"):

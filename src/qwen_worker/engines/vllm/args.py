@@ -16,7 +16,7 @@ ALIGNER_ARCHITECTURE = "Qwen3ASRForcedAlignerForTokenClassification"
 
 def encoder_overrides(settings: Settings) -> dict[str, Any]:
     """Config overrides both engines share: the audio encoder's convolution pass size (its
-    activations per pass are the largest block either engine allocates; config.py)."""
+    activations per pass are the largest block either engine allocates; base/config.py)."""
     return {"thinker_config": {"audio_config": {
         "conv_chunksize": settings.vllm_encoder_conv_windows}}}
 

@@ -5,7 +5,7 @@ audio into engine input: prompt tokens with the audio placeholder expanded, and 
 mel features. That is CPU work (~0.4 s for a 270 s chunk, 0.02 s for 30 s, on one thread), and
 `AsyncLLM` does it inline, on the one event loop that owns the engine, under this process's
 GIL, one request at a time while every job thread competes for the same GIL. On an H200 it
-made a job wait 8.5 s of 12.9 s at 64 jobs while the GPU needed ~1.5 s (BENCHMARKS.md).
+made a job wait 8.5 s of 12.9 s at 64 jobs while the GPU needed ~1.5 s (docs/gpu.md, "The front end").
 
 Here a pool of spawned processes, each with its own `InputProcessor` built from the engine's
 own `VllmConfig`, prepares the input, and the engine receives it ready (`AsyncLLM` accepts

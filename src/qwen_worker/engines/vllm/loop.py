@@ -36,7 +36,7 @@ class LoopThread:
 
 # vLLM's AsyncLLM logs this (with a traceback) when its output task finds the engine core
 # gone. Its own shutdown stops the core first and cancels that task after, so the task may
-# report the shutdown itself as a failure (seen at the end of run 13, BENCHMARKS.md).
+# report the shutdown itself as a failure (seen on an H100 at a worker's exit).
 ASYNC_LLM_LOGGER = "vllm.v1.engine.async_llm"
 OUTPUT_TASK_FAILED = "AsyncLLM output_handler failed"
 

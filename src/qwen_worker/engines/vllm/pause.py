@@ -25,8 +25,8 @@ class AsrPause:
 
     The two engines are two processes on one GPU, which the driver time-slices between them:
     while an hour-long file decodes, a 30 s job's alignment took 2-2.5x its time alone
-    (BENCHMARKS.md). When a call is aligned and every request the ASR engine runs belongs to a
-    longer call (its priority, audio seconds, is higher), vLLM's scheduler is paused with its
+    (BENCHMARKS.md, "Latency"). When a call is aligned and every request the ASR engine runs
+    belongs to a longer call (its priority, audio seconds, is higher), vLLM's scheduler is paused with its
     requests kept ("keep": no step runs, their KV cache stays). It resumes when that alignment
     ends, after MAX_PAUSE_S, or as soon as a call as short as the aligned one sends ASR
     requests (a paused engine queues them). One call pauses at a time, and a pause starts only
