@@ -102,7 +102,7 @@ def main() -> None:
     from qwen_worker.engines.prompts import asr_prompt
     from qwen_worker.engines.vllm.args import (ALIGNER_ARCHITECTURE, ASR_ARCHITECTURE,
                                                AlignerConfig, aligner_engine_args, asr_engine_args)
-    from qwen_worker.engines.vllm.engine import VllmEngine
+    from qwen_worker.engines.vllm.engine import BenchOptions, VllmEngine
     from qwen_worker.engines.vllm.loader import check_native_classes, native_class_module
 
     found: dict = {"surface": surface()}
@@ -125,7 +125,7 @@ def main() -> None:
 
     # The worker's own SamplingParams, through a VllmEngine shell (no engines behind it).
     engine = VllmEngine.__new__(VllmEngine)
-    engine.max_new_tokens, engine.sampling_overrides = settings.max_new_tokens, None
+    engine.max_new_tokens, engine._bench = settings.max_new_tokens, BenchOptions()
     params = engine._sampling(30 * SR)
 
     def process(prompt: str, seconds: float, params=params, proc=processor, tasks=("generate",)):
@@ -183,7 +183,7 @@ def main() -> None:
     word_list, prompt = Qwen3ForceAlignProcessor().encode_timestamp(
         "Hello, world. This is a test of the aligner.", "English")
     # The worker's own pooling request for a 270 s chunk (only the classes within its audio).
-    engine._config, engine.within_audio = aligner_config, True
+    engine._config = aligner_config
     request = process(prompt, 270, params=engine._pooling(270 * SR), proc=al_proc,
                       tasks=("token_classify",))
     reference = al_hf(text=[prompt], audio=[np.zeros(270 * SR, np.float32)],

@@ -246,6 +246,8 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, model_d
     within its chunk's audio and one past the end (a 30 s chunk: 377 of 5000 columns per
     `<timestamp>` row, not 5000), so a word is never put past the end of the audio it is in,
     and times within the audio come out as they would from all 5000."""
+    from qwen_worker.engines.vllm.engine import BenchOptions
+
     engine = load_engine(_settings(model_dirs))
     _, aligner = _engines(fake_vllm)
     chunks = [np.random.default_rng(i).normal(0, 0.1, s * SECOND).astype(np.float32)
@@ -255,9 +257,10 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, model_d
     within = engine.align(chunks, texts, english)
     asked = [r["params"].kwargs["returned_token_ids"] for r in aligner.requests[-2:]]
     assert asked == [list(range(252)), list(range(389))]  # 20 s / 80 ms + 2; 31 s
-    engine.within_audio = False  # all 5000 classes, as qwen-asr's transformers aligner reads them
-    engine.transcribe(chunks, english, ["", ""])
-    assert engine.align(chunks, texts, english) == within
+    # All 5000 classes, as qwen-asr's transformers aligner reads them.
+    every_class = engine.with_bench_options(BenchOptions(align_within_audio=False))
+    every_class.transcribe(chunks, english, ["", ""])
+    assert every_class.align(chunks, texts, english) == within
     assert "returned_token_ids" not in aligner.requests[-1]["params"].kwargs
 
     # The model's likeliest time for the last timestamp lies past the end of the 20 s chunk:
@@ -270,10 +273,27 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, model_d
         return rows
 
     monkeypatch.setattr(aligner, "_rows", late)
-    engine.within_audio = True
     engine.transcribe(chunks[:1], english[:1], [""])
     (words,) = engine.align(chunks[:1], texts[:1], english[:1])
     assert words == within[0] and max(w.end for w in words) <= 20.0
+
+
+def test_a_probe_is_one_request_vllm_processes_with_the_callers_params(fake_vllm, model_dirs):
+    """`probe` (benchmarks: vLLM's raw probabilities against the transformers backend's): one
+    request per call, its prompt processed by vLLM itself, with the params given as they are."""
+    from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
+    from vllm import PoolingParams, SamplingParams
+
+    engine = load_engine(_settings(model_dirs))
+    asr, aligner = _engines(fake_vllm)
+    audio = np.zeros(5 * SECOND, np.float32)
+    out = engine.probe("asr", asr_prompt("", "English"), audio,
+                       SamplingParams(temperature=0.0, max_tokens=1, detokenize=False))
+    assert len(out.outputs[0].token_ids) == 1 and asr.requests[-1]["params"].max_tokens == 1
+    _, prompt = Qwen3ForceAlignProcessor().encode_timestamp("hello there", "English")
+    pooled = engine.probe("aligner", prompt, audio, PoolingParams(task="token_classify"))
+    assert pooled.finished and aligner.requests[-1]["prompt"]["prompt"] == prompt
+    assert "returned_token_ids" not in aligner.requests[-1]["params"].kwargs  # all classes
 
 
 @pytest.mark.parametrize("language,suffix", [(None, "assistant\n"),

@@ -49,10 +49,13 @@ class Worker:
     """Holds the loaded engine (behind a scheduler unless it batches itself); `handle_async`
     is RunPod's handler."""
 
-    def __init__(self, settings: Settings, engine: Engine, diarizer: TurnSource | None = None):
+    def __init__(self, settings: Settings, engine: Engine, diarizer: TurnSource | None = None,
+                 *, repair_collapsed_times: bool = True):
         self.settings = settings
         self.engine = engine
         self.diarizer = diarizer  # None: built without speaker diarization
+        # False: jobs keep collapsed word times unrepaired (benchmarks only, see transcribe_samples)
+        self.repair_collapsed_times = repair_collapsed_times
         # vLLM batches the requests of all jobs itself, as they come (continuous batching);
         # the transformers models need one owner that gathers jobs into shared calls.
         self.scheduler = None if engine.batches_itself else BatchScheduler(
@@ -187,7 +190,8 @@ class Worker:
         transcript = transcribe_file(path, request.options, engine,
                                      max_audio_seconds=s.max_audio_seconds,
                                      decode_workers=s.decode_workers, timings=timings,
-                                     progress=progress, diarizer=self.diarizer)
+                                     progress=progress, diarizer=self.diarizer,
+                                     repair_collapsed_times=self.repair_collapsed_times)
         return build_output(transcript, self.engine, timings, download_s=download_s,
                             total_s=time.perf_counter() - started, formats=request.formats,
                             diarized=request.options.diarize)

@@ -27,7 +27,8 @@ from qwen_worker.pipeline.speakers import DiarizationUnavailable, TurnSource, di
 def transcribe_file(path: Path, options: Options, engine: Engine, *, max_audio_seconds: float,
                     decode_workers: int = 1,
                     timings: Timings | None = None, progress: Progress | None = None,
-                    diarizer: TurnSource | None = None) -> Transcript:
+                    diarizer: TurnSource | None = None,
+                    repair_collapsed_times: bool = True) -> Transcript:
     """Transcribe one audio or video file that ffmpeg can read."""
     timings = timings if timings is not None else Timings()
     if progress is not None:
@@ -36,13 +37,17 @@ def transcribe_file(path: Path, options: Options, engine: Engine, *, max_audio_s
     samples = decode(path, max_seconds=max_audio_seconds, workers=decode_workers)
     timings.decode = time.perf_counter() - t0
     return transcribe_samples(samples, options, engine, timings=timings, progress=progress,
-                              diarizer=diarizer)
+                              diarizer=diarizer, repair_collapsed_times=repair_collapsed_times)
 
 
 def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
                        timings: Timings | None = None, progress: Progress | None = None,
-                       diarizer: TurnSource | None = None) -> Transcript:
-    """Transcribe float32 mono 16 kHz samples; with `options.diarize`, also who spoke when."""
+                       diarizer: TurnSource | None = None,
+                       repair_collapsed_times: bool = True) -> Transcript:
+    """Transcribe float32 mono 16 kHz samples; with `options.diarize`, also who spoke when.
+
+    repair_collapsed_times: False leaves collapsed word times as the aligner gave them
+    (benchmarks only: what the repair costs a job)."""
     timings = timings if timings is not None else Timings()
     if options.diarize and diarizer is None:
         raise DiarizationUnavailable("diarize was asked for, but this worker has no diarizer")
@@ -88,7 +93,8 @@ def transcribe_samples(samples: np.ndarray, options: Options, engine: Engine,
                 [outputs[i].language for i in alignable]))
             for i, tokens in zip(alignable, aligned, strict=True):
                 alignments[i] = list(tokens)
-            repair.repair_collapsed(chunks, outputs, alignments, engine, warnings)
+            if repair_collapsed_times:
+                repair.repair_collapsed(chunks, outputs, alignments, engine, warnings)
             if progress is not None:
                 progress("aligning", len(alignable), len(alignable))
         timings.align = time.perf_counter() - t0

@@ -22,6 +22,7 @@ class (for vLLM 0.14) never replaces vLLM's: `check_native_classes` proves it at
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
@@ -74,6 +75,18 @@ def _same_data(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    """Engine options for benchmarks only (bench/gpu.py); the defaults are the worker's."""
+
+    # SamplingParams fields per chunk (samples -> fields), e.g. a fixed output length for
+    # random weights; a length reached then is not a MAX_NEW_TOKENS cut.
+    sampling_overrides: Callable[[int], dict[str, Any]] | None = None
+    # False: the aligner returns all its classes, not only the times within the audio (an A/B
+    # of `_pooling`).
+    align_within_audio: bool = True
+
+
 class VllmEngine:
     """The `Engine` over two AsyncLLM engines. Thread-safe: jobs call it directly."""
 
@@ -84,7 +97,7 @@ class VllmEngine:
                  aligner_tokenizer: Any, aligner_config: AlignerConfig, asr_model: str,
                  aligner_model: str, max_new_tokens: int, max_context_tokens: int,
                  align_pauses_longer_asr: bool = True, loop: LoopThread | None = None,
-                 aligner_text: Any = None):
+                 aligner_text: Any = None, bench: BenchOptions | None = None):
         from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
 
         self._asr = asr
@@ -108,7 +121,6 @@ class VllmEngine:
         # holds the lock (inside `_remember` or `_recall`).
         self._features_lock = threading.RLock()
         self.reuses_features = False  # set by `warm_up` once the check below has passed
-        self.within_audio = True  # see `_pooling` (benchmarks turn it off for an A/B)
         self._ids = itertools.count()
         self._fatal: BaseException | None = None
         self._closed = False
@@ -116,9 +128,7 @@ class VllmEngine:
         self.aligner_model = aligner_model
         self.aligner_languages = aligner_config.languages
         self.max_new_tokens = max_new_tokens
-        # Benchmarks only: SamplingParams fields per chunk (samples -> fields), e.g. a fixed
-        # output length for random weights. A length reached then is not a MAX_NEW_TOKENS cut.
-        self.sampling_overrides: Callable[[int], dict[str, Any]] | None = None
+        self._bench = bench or BenchOptions()
 
     # -- the Engine interface (job threads) ----------------------------------------------
 
@@ -178,6 +188,25 @@ class VllmEngine:
         for i, pooled in zip(todo, rows):
             out[i] = self._timestamps(encoded[i][0], pooled)
         return out
+
+    # -- benchmarks only -------------------------------------------------------------------
+
+    def with_bench_options(self, bench: BenchOptions) -> "VllmEngine":
+        """This engine (the same engines, loop, front end and kept features) with other
+        benchmark options: an A/B on one engine. Close only the original."""
+        twin = copy.copy(self)
+        twin._bench = bench
+        return twin
+
+    def probe(self, model: str, prompt: str, audio: np.ndarray, params: Any) -> Any:
+        """One request, processed by vLLM itself, with vLLM's own params (SamplingParams for
+        model "asr", PoolingParams for "aligner"); its final output as vLLM gives it: raw
+        probabilities to compare with the transformers backend's, never the job path."""
+        request_id = f"probe-{next(self._ids)}"
+        raw = {"prompt": prompt, "multi_modal_data": {"audio": audio}}
+        if model == "asr":
+            return self._run(lambda: self._generate(request_id, raw, params, 0))
+        return self._run(lambda: self._encode(request_id, raw, 0, params))
 
     # -- start-up and shutdown (main thread) -----------------------------------------------
 
@@ -267,8 +296,8 @@ class VllmEngine:
         kwargs: dict[str, Any] = {"temperature": 0.0, "max_tokens": self.max_new_tokens,
                                   "detokenize": False,
                                   "output_kind": RequestOutputKind.FINAL_ONLY}
-        if self.sampling_overrides is not None:
-            kwargs.update(self.sampling_overrides(samples))
+        if self._bench.sampling_overrides is not None:
+            kwargs.update(self._bench.sampling_overrides(samples))
         return SamplingParams(**kwargs)
 
     def _prepare(self, engine: str, ids: list[str], prompts: list[str],
@@ -347,7 +376,7 @@ class VllmEngine:
         of the 5000 classes, not 5000 (~4 MB of float32 per 100 words otherwise)."""
         from vllm import PoolingParams
 
-        if not self.within_audio:
+        if not self._bench.align_within_audio:
             return PoolingParams(task="token_classify")
         n = min(self._config.classes,
                 int(samples * 1000 / SAMPLE_RATE / self._config.segment_ms) + 2)
@@ -400,7 +429,7 @@ class VllmEngine:
         if completion.finish_reason not in ("stop", "length"):
             raise EngineError(f"the ASR engine ended a chunk with {completion.finish_reason!r}")
         token_ids = list(completion.token_ids)
-        cut = completion.finish_reason == "length" and self.sampling_overrides is None
+        cut = completion.finish_reason == "length" and self._bench.sampling_overrides is None
         return read_asr_output(self._decode(token_ids), forced, len(token_ids), cut)
 
     def _timestamps(self, words: list[str], pooled: Any) -> list[AlignedToken]:
