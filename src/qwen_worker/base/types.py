@@ -5,7 +5,7 @@ transcript). The stages import these; nothing here imports a stage."""
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -165,34 +165,6 @@ class Transcript:
     pieces: list[Word] = field(default_factory=list, repr=False, compare=False)
     # Diarized only: each speaker's label and talk time, in order of first appearance.
     speakers: list[dict] | None = None
-
-    def to_dict(self) -> dict:
-        diarized = self.speakers is not None
-        words = []
-        for w in self.words:
-            word = {"word": w.word, "start": w.start, "end": w.end, "space": w.space}
-            if diarized:
-                word["speaker"] = w.speaker
-            words.append(word)
-        segments = []
-        for s in self.segments:
-            segment = asdict(s)
-            if not diarized:  # undiarized output stays as it was
-                del segment["speaker"]
-            segments.append(segment)
-        out = {
-            "text": self.text,
-            "language": self.language,
-            "languages": list(self.languages),
-            "duration": self.duration,
-            "words": words,
-            "segments": segments,
-            "chunks": [asdict(c) for c in self.chunks],
-            "warnings": list(self.warnings),
-        }
-        if diarized:
-            out["speakers"] = [dict(s) for s in self.speakers]
-        return out
 
 
 # -- measurements of a job -------------------------------------------------------------------

@@ -5,6 +5,7 @@ formats (`api.openai.render`). Fields: docs/output.md."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Sequence
 
 from qwen_worker.base.types import Timings, Transcript
@@ -14,7 +15,7 @@ from qwen_worker.pipeline.formats import WRITERS
 
 def build_output(transcript: Transcript, engine: Engine, timings: Timings, *, download_s: float,
                  total_s: float, formats: Sequence[str], diarized: bool) -> dict[str, Any]:
-    output = transcript.to_dict()
+    output = transcript_fields(transcript)
     output["model"] = {"asr": engine.asr_model, "aligner": engine.aligner_model,
                        "backend": engine.backend}
     output["timings"] = {"download": round(download_s, 3), "decode": round(timings.decode, 3),
@@ -26,3 +27,34 @@ def build_output(transcript: Transcript, engine: Engine, timings: Timings, *, do
     for fmt in formats:
         output[fmt] = WRITERS[fmt](transcript)
     return output
+
+
+def transcript_fields(transcript: Transcript) -> dict[str, Any]:
+    """The transcript's part of the output (docs/output.md): undiarized output has no speaker
+    fields at all; diarized output names one on every word and segment (null where none)."""
+    diarized = transcript.speakers is not None
+    words = []
+    for w in transcript.words:
+        word = {"word": w.word, "start": w.start, "end": w.end, "space": w.space}
+        if diarized:
+            word["speaker"] = w.speaker
+        words.append(word)
+    segments = []
+    for s in transcript.segments:
+        segment = asdict(s)
+        if not diarized:  # undiarized output stays as it was
+            del segment["speaker"]
+        segments.append(segment)
+    out = {
+        "text": transcript.text,
+        "language": transcript.language,
+        "languages": list(transcript.languages),
+        "duration": transcript.duration,
+        "words": words,
+        "segments": segments,
+        "chunks": [asdict(c) for c in transcript.chunks],
+        "warnings": list(transcript.warnings),
+    }
+    if diarized:
+        out["speakers"] = [dict(s) for s in transcript.speakers]
+    return out
