@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from qwen_worker.download import INPUT_NAME, decode_base64  # noqa: E402
+from qwen_worker.pipeline.download import INPUT_NAME, decode_base64  # noqa: E402
 
 
 def stdlib_decode(data: str, dest_dir: Path, max_bytes: int) -> Path:

@@ -128,7 +128,7 @@ def expected_text(seconds: float) -> tuple[str, int]:
     """The tiny English model says ENGLISH for every chunk; the chunks of `seconds` of audio."""
     import numpy as np
 
-    from qwen_worker import chunking
+    from qwen_worker.pipeline import chunking
 
     n = len(chunking.split(np.zeros(int(seconds * 16000), np.float32),
                            chunking.DEFAULT_CHUNK_SECONDS))

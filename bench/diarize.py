@@ -1,4 +1,4 @@
-"""bench/diarize: the speaker diarizer (qwen_worker.diarize) on long audio, per audio hour.
+"""bench/diarize: the speaker diarizer (qwen_worker.engines.diarizer) on long audio, per audio hour.
 
 community-1's ARCHITECTURES and hyper-parameters (PyanNet segmentation, WeSpeaker ResNet34
 embedding, VBx with a 128-dim PLDA, its config.yaml and batch sizes) with RANDOM weights
@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import tiny_diarization
-    from qwen_worker.config import load_settings
-    from qwen_worker.diarize import load_diarizer
-    from qwen_worker.speakers import SpeakerCount
+    from qwen_worker.base.config import load_settings
+    from qwen_worker.engines.diarizer import load_diarizer
+    from qwen_worker.base.types import SpeakerCount
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     batch = args.embedding_batch_size or load_settings({}).diarization_embedding_batch_size

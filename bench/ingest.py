@@ -294,9 +294,10 @@ def child_ours(url: str, workers: int) -> dict:
 
     import numpy as np  # noqa: F401
 
-    from qwen_worker import chunking
-    from qwen_worker.decode import decode, ffmpeg_binary, probe
-    from qwen_worker.download import DownloadPolicy, allow_loopback_for_local_testing, fetch_url
+    from qwen_worker.pipeline import chunking
+    from qwen_worker.pipeline.decode import decode, ffmpeg_binary, probe
+    from qwen_worker.pipeline.download import (DownloadPolicy, allow_loopback_for_local_testing,
+                                               fetch_url)
 
     allow_loopback_for_local_testing()
     ffmpeg_binary()  # PATH lookup, cached: part of start-up, not of a request
@@ -334,8 +335,9 @@ def child_ours(url: str, workers: int) -> dict:
 def _local_copy(url: str, prefix: str):
     """Untimed set-up for the floor and check children: download and probe, removed after."""
     sys.path.insert(0, str(SRC))
-    from qwen_worker.decode import probe
-    from qwen_worker.download import DownloadPolicy, allow_loopback_for_local_testing, fetch_url
+    from qwen_worker.pipeline.decode import probe
+    from qwen_worker.pipeline.download import (DownloadPolicy, allow_loopback_for_local_testing,
+                                               fetch_url)
 
     allow_loopback_for_local_testing()
     job_dir = Path(tempfile.mkdtemp(prefix=prefix))
@@ -354,7 +356,7 @@ def child_floor(url: str, workers: int) -> dict:
     their samples.
     """
     sys.path.insert(0, str(SRC))
-    from qwen_worker import decode as decode_mod
+    from qwen_worker.pipeline import decode as decode_mod
 
     with _local_copy(url, "ingest-floor-") as (path, info):
         rate = decode_mod.SAMPLE_RATE
@@ -438,7 +440,8 @@ def child_check(url: str, workers: int) -> dict:
     sys.path.insert(0, str(SRC))
     import numpy as np
 
-    from qwen_worker import chunking, decode as decode_mod
+    from qwen_worker.pipeline import chunking
+    from qwen_worker.pipeline import decode as decode_mod
 
     with _local_copy(url, "ingest-check-") as (path, info):
         one = decode_mod.decode(path, max_seconds=MAX_AUDIO_SECONDS, workers=1, info=info)

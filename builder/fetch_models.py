@@ -37,9 +37,9 @@ from typing import Mapping, Sequence
 
 DEFAULT_ASR_ID = "Qwen/Qwen3-ASR-0.6B"
 DEFAULT_ALIGNER_ID = "Qwen/Qwen3-ForcedAligner-0.6B"
-DEFAULT_ASR_DIR = Path("/models/asr")  # qwen_worker.config.BAKED_ASR_DIR
-DEFAULT_ALIGNER_DIR = Path("/models/aligner")  # qwen_worker.config.BAKED_ALIGNER_DIR
-DEFAULT_DIARIZATION_DIR = Path("/models/diarization")  # qwen_worker.config.BAKED_DIARIZATION_DIR
+DEFAULT_ASR_DIR = Path("/models/asr")  # qwen_worker.base.config.BAKED_ASR_DIR
+DEFAULT_ALIGNER_DIR = Path("/models/aligner")  # qwen_worker.base.config.BAKED_ALIGNER_DIR
+DEFAULT_DIARIZATION_DIR = Path("/models/diarization")  # qwen_worker.base.config.BAKED_DIARIZATION_DIR
 
 # pyannote.audio 4's pipeline (CC-BY-4.0; gated: accept its conditions on the hub once). Pinned
 # to a commit, not a branch: its config.yaml decides what pyannote instantiates at start-up.

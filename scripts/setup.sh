@@ -36,3 +36,5 @@ uv_pip install -r requirements-dev.txt
 uv_pip check
 # qwen-asr's own requirements pull gradio/flask demo code that inference never imports.
 uv_pip install --no-deps qwen-asr==0.0.6
+# The worker's own package (src/qwen_worker), editable: the code stays where the entry points are.
+uv_pip install --no-deps -e .

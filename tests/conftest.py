@@ -79,7 +79,7 @@ def english_engine(model_dirs):
 def worker(model_dirs, english_engine, tmp_path):
     """A worker over `english_engine`, with a WORK_DIR of its own."""
     from models import settings_for
-    from qwen_worker.worker import Worker
+    from qwen_worker.jobs.worker import Worker
 
     w = Worker(settings_for(model_dirs["english"], model_dirs["aligner"],
                             WORK_DIR=str(tmp_path / "jobs")), english_engine)

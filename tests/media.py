@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qwen_worker.decode import ffmpeg_binary
+from qwen_worker.pipeline.decode import ffmpeg_binary
 
 FFMPEG = ffmpeg_binary()  # PATH, else the imageio-ffmpeg wheel: pip alone sets up tests
 

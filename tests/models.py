@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import tiny_models
-from qwen_worker.config import Settings, load_settings
-from qwen_worker.engine import QwenEngine, load_engine
+from qwen_worker.base.config import Settings, load_settings
+from qwen_worker.engines.qwen_asr import QwenEngine
+from qwen_worker.engines.load import load_engine
 
 ENGLISH = "Hello, world. This is a test."
 CHINESE = "你好，世界。这是测试。"

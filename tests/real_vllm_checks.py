@@ -98,11 +98,12 @@ def main() -> None:
     from vllm import AsyncEngineArgs, PoolingParams
     from vllm.v1.engine.input_processor import InputProcessor
 
-    from qwen_worker.config import load_settings
-    from qwen_worker.prompts import asr_prompt
-    from qwen_worker.vllm_engine import (ALIGNER_ARCHITECTURE, ASR_ARCHITECTURE, AlignerConfig,
-                                         VllmEngine, aligner_engine_args, asr_engine_args,
-                                         check_native_classes, native_class_module)
+    from qwen_worker.base.config import load_settings
+    from qwen_worker.engines.prompts import asr_prompt
+    from qwen_worker.engines.vllm.args import (ALIGNER_ARCHITECTURE, ASR_ARCHITECTURE,
+                                               AlignerConfig, aligner_engine_args, asr_engine_args)
+    from qwen_worker.engines.vllm.engine import BenchOptions, VllmEngine
+    from qwen_worker.engines.vllm.loader import check_native_classes, native_class_module
 
     found: dict = {"surface": surface()}
     check_native_classes()
@@ -124,7 +125,7 @@ def main() -> None:
 
     # The worker's own SamplingParams, through a VllmEngine shell (no engines behind it).
     engine = VllmEngine.__new__(VllmEngine)
-    engine.max_new_tokens, engine.sampling_overrides = settings.max_new_tokens, None
+    engine.max_new_tokens, engine._bench = settings.max_new_tokens, BenchOptions()
     params = engine._sampling(30 * SR)
 
     def process(prompt: str, seconds: float, params=params, proc=processor, tasks=("generate",)):
@@ -182,7 +183,7 @@ def main() -> None:
     word_list, prompt = Qwen3ForceAlignProcessor().encode_timestamp(
         "Hello, world. This is a test of the aligner.", "English")
     # The worker's own pooling request for a 270 s chunk (only the classes within its audio).
-    engine._config, engine.within_audio = aligner_config, True
+    engine._config = aligner_config
     request = process(prompt, 270, params=engine._pooling(270 * SR), proc=al_proc,
                       tasks=("token_classify",))
     reference = al_hf(text=[prompt], audio=[np.zeros(270 * SR, np.float32)],
@@ -211,7 +212,7 @@ def shutdown_report() -> dict:
 
     from vllm.v1.engine import async_llm
 
-    from qwen_worker.vllm_engine import ASYNC_LLM_LOGGER, OUTPUT_TASK_FAILED
+    from qwen_worker.engines.vllm.loop import ASYNC_LLM_LOGGER, OUTPUT_TASK_FAILED
 
     handler = inspect.getsource(async_llm.AsyncLLM._run_output_handler)
     stop = inspect.getsource(async_llm.AsyncLLM.shutdown)
@@ -232,8 +233,8 @@ def reuse(processor, params, al_proc, aligner_dir) -> list:
     from transformers import AutoTokenizer
     from vllm import PoolingParams
 
-    from qwen_worker.prompts import asr_prompt
-    from qwen_worker.vllm_engine import AUDIO_PLACEHOLDER, VllmEngine, _same_data
+    from qwen_worker.engines.prompts import asr_prompt
+    from qwen_worker.engines.vllm.engine import AUDIO_PLACEHOLDER, VllmEngine, _same_data
 
     engine = VllmEngine.__new__(VllmEngine)
     engine._aligner_tokenizer = AutoTokenizer.from_pretrained(aligner_dir)
@@ -276,8 +277,8 @@ def front_end(processor, config, params, al_proc, al_config, al_prompt) -> dict:
     import torch
     from vllm import PoolingParams
 
-    from qwen_worker.frontend import FrontEnd
-    from qwen_worker.prompts import asr_prompt
+    from qwen_worker.engines.vllm.frontend import FrontEnd
+    from qwen_worker.engines.prompts import asr_prompt
 
     audio = np.random.default_rng(0).normal(0, 0.1, 30 * SR).astype(np.float32)
     front = FrontEnd({"asr": config, "aligner": al_config}, 2,

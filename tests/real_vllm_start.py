@@ -25,7 +25,7 @@ vllm.platforms._current_platform = CpuPlatform()
 
 
 def serve() -> None:
-    from qwen_worker.engine import load_engine
+    from qwen_worker.engines.load import load_engine
     from qwen_worker.startup import configure
 
     asr, aligner = sys.argv[1:3]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import media
-from qwen_worker import chunking
+from qwen_worker.pipeline import chunking
 
 
 def test_ten_minutes_make_three_chunks_cut_in_the_silences():
@@ -51,7 +51,7 @@ def test_chunk_length_outside_30_to_300_is_refused(bad):
 
 
 def test_cuts_fall_in_the_pauses_of_real_speech(tmp_path):
-    from qwen_worker.decode import decode
+    from qwen_worker.pipeline.decode import decode
 
     text = " ".join(f"Sentence number {i} talks about chunking long podcasts at quiet points."
                     for i in range(40))

@@ -17,8 +17,8 @@ import pytest
 
 import media
 from models import ENGLISH, settings_for
-from qwen_worker.prompts import ContextFitter, ControlTokenFilter, control_tokens
-from qwen_worker.worker import Worker
+from qwen_worker.engines.prompts import ContextFitter, ControlTokenFilter, control_tokens
+from qwen_worker.jobs.worker import Worker
 
 # The added tokens of the tiny ASR model's tokenizer (tests/tiny_models.py; the real ids).
 EXPECTED_TOKENS = ["<|audio_pad|>", "<|im_start|>", "<|im_end|>", "<asr_text>", "<timestamp>",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import media
-from qwen_worker import decode as d
+from qwen_worker.pipeline import decode as d
 
 
 @pytest.mark.parametrize("fmt", sorted(media.FORMATS))

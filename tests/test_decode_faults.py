@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 import media
-from qwen_worker import decode as d
-from qwen_worker.engine import load_engine
-from qwen_worker.worker import Worker
+from qwen_worker.pipeline import decode as d
 
 FAKE_DIR = Path(__file__).parent / "fake_ffmpeg"
 

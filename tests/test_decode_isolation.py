@@ -25,8 +25,8 @@ import pytest
 import media
 from http_server import AudioHost
 from models import ENGLISH
-from qwen_worker import decode as d
-from qwen_worker.lifecycle import JOB_DIR_PREFIX
+from qwen_worker.pipeline import decode as d
+from qwen_worker.base.lifecycle import JOB_DIR_PREFIX
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux only")
 

@@ -1,4 +1,4 @@
-"""The diarization edge (qwen_worker.diarize) on the real pyannote.audio 4.0.7 code: a pipeline
+"""The diarization edge (qwen_worker.engines.diarizer) on the real pyannote.audio 4.0.7 code: a pipeline
 folder laid out like community-1 with random weights (tests/tiny_diarization.py) loads offline
 through Pipeline.from_pretrained and runs end to end on pyannote's bundled two-speaker clip.
 
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import tiny_diarization
-from qwen_worker.diarize import Diarizer, load_diarizer, to_turns
-from qwen_worker.engine import EngineError
-from qwen_worker.model_files import StartupError
-from qwen_worker.speakers import SpeakerCount, Turn
+from qwen_worker.engines.diarizer import Diarizer, load_diarizer, to_turns
+from qwen_worker.engines.base import EngineError
+from qwen_worker.engines.model_files import StartupError
+from qwen_worker.base.types import SpeakerCount, Turn
 
 SECONDS = 16000
 
@@ -235,7 +235,7 @@ def test_turns_are_clipped_sorted_joined_and_relabelled_by_first_appearance():
 
 
 def test_settings_offer_diarization_only_where_the_pipeline_folder_is(pipeline_dir, tmp_path):
-    from qwen_worker import config
+    from qwen_worker.base import config
 
     default = config.load_settings({})
     assert default.diarization_model_dir == config.BAKED_DIARIZATION_DIR
@@ -307,7 +307,8 @@ def test_more_speakers_than_a_short_clip_holds_gives_what_it_finds(diarizer, sam
     KMeans: fewer embeddings than clusters); the diarizer takes what the audio tells apart,
     and the job's warnings say how many were found."""
     from models import engine_for
-    from qwen_worker.pipeline import Options, transcribe_samples
+    from qwen_worker.base.types import Options
+    from qwen_worker.pipeline.transcribe import transcribe_samples
 
     clip = sample[:12 * SECONDS]
     turns = diarizer.diarize(clip, SpeakerCount(num_speakers=8))
@@ -355,9 +356,9 @@ def test_one_diarization_at_a_time(diarizer, sample):
 def test_start_up_runs_the_pipeline_once(pipeline_dir, offline, monkeypatch):
     """The worker's loading (load_configured) runs a short clip through the pipeline: one that
     loads but cannot run stops the start in one line, not every diarized job later."""
-    from qwen_worker.config import load_settings
-    from qwen_worker.diarize import load_configured
-    from qwen_worker.engine import DiarizationError
+    from qwen_worker.base.config import load_settings
+    from qwen_worker.engines.diarizer import load_configured
+    from qwen_worker.engines.base import DiarizationError
 
     settings = load_settings({"DIARIZATION_MODEL_DIR": str(pipeline_dir), "ASR_DEVICE": "cpu"})
     calls = []

@@ -17,8 +17,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from qwen_worker import config
-from qwen_worker.request import parse_request
+from qwen_worker.base import config
+from qwen_worker.jobs.request import parse_request
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -263,9 +263,11 @@ def test_image_installs_what_ci_installs(dockerfile):
             [GPU_REQUIREMENTS, "requirements.txt", "requirements-diarize.txt"])
         assert named_pins(args) == [] and "--no-deps" not in args, (where, args)
         assert steps[at + 1] == ("uv", "check", ()), f"{where}: no uv pip check after {args}"
-        # qwen-asr last, without its dependencies: after the check, which it would fail.
-        assert steps[-1] == ("uv", "install", ("--no-deps", "qwen-asr==0.0.6")), (where, steps)
-        assert [s for s in steps if "--no-deps" in s[2]] == [steps[-1]], where
+        # qwen-asr, without its dependencies: after the check, which it would fail; then the
+        # worker's own package, editable, without dependencies (its pins are the files above).
+        assert steps[-2] == ("uv", "install", ("--no-deps", "qwen-asr==0.0.6")), (where, steps)
+        assert steps[-1][:2] == ("uv", "install") and steps[-1][2][:2] == ("--no-deps", "-e")
+        assert [s for s in steps if "--no-deps" in s[2]] == steps[-2:], where
     assert Version(importlib.metadata.version("qwen-asr")) == Version("0.0.6")
 
     # CI adds only its test tools (and re-checks, and undoes an earlier run's qwen-asr);
@@ -276,7 +278,10 @@ def test_image_installs_what_ci_installs(dockerfile):
     ci_only = set(dev_installs) | {("uv", "uninstall", ("qwen-asr",))}
     core = [s for s in ci if s not in ci_only]
     core = [s for i, s in enumerate(core) if not (s[1] == "check" and core[i - 1][1] == "check")]
-    assert core == image, (core, image)
+    # the project's own folder: the checkout in CI, /app in the image
+    assert core[-1] == ("uv", "install", ("--no-deps", "-e", ".")), core
+    assert image[-1] == ("uv", "install", ("--no-deps", "-e", "/app")), image
+    assert core[:-1] == image[:-1], (core, image)
     # and those tools move nothing the image pins: no torch/vllm of their own, and the runtime
     # pins unchanged.
     gpu, runtime = pins(GPU_REQUIREMENTS), pins("requirements.txt")
@@ -482,9 +487,10 @@ def test_the_image_holds_compiled_bytecode_so_no_cold_start_compiles_it(dockerfi
     at build time (uv's UV_COMPILE_BYTECODE, compileall for the source) spares each of them."""
     compile_env = _index(dockerfile, lambda ins, args: ins == "ENV"
                          and "UV_COMPILE_BYTECODE=1" in args, "ENV UV_COMPILE_BYTECODE=1")
-    deps = _index(dockerfile, lambda ins, args: ins == "RUN" and "uv pip install" in args,
-                  "uv pip install")
+    deps = _index(dockerfile, lambda ins, args: ins == "RUN" and "uv pip install" in args
+                  and "requirements-gpu.txt" in args, "uv pip install -r requirements-gpu.txt")
     source = _index(dockerfile, lambda ins, args: ins == "COPY" and args.startswith("src"),
                     "COPY src/")
     assert compile_env < deps
-    assert dockerfile[source + 1] == ("RUN", "python -m compileall -q /app/src")
+    instruction, command = dockerfile[source + 1]
+    assert instruction == "RUN" and "python -m compileall -q /app/src" in command

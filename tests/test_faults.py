@@ -13,10 +13,8 @@ import torch
 
 import media
 from models import ENGLISH
-from qwen_worker import decode as d
-from qwen_worker import lifecycle
-from qwen_worker.engine import load_engine
-from qwen_worker.worker import Worker
+from qwen_worker.pipeline import decode as d
+from qwen_worker.base import lifecycle
 from test_decode_faults import dying_ffmpeg  # noqa: F401  (fixture)
 from job_api import JobApi, JobLoopWorker
 from worker_server import worker_env
@@ -111,7 +109,7 @@ def test_stopping_kills_the_jobs_running_decoders_at_once(tmp_path, dying_ffmpeg
 def test_stopping_a_job_cuts_its_stalled_download_at_once(audio_host, tmp_path, declare_length):
     from runpod.serverless.utils import rp_ssrf
 
-    import qwen_worker.download as dl
+    import qwen_worker.pipeline.download as dl
 
     url = audio_host.stall("/stall", b"\xff" * 100_000, after=4096, seconds=30,
                            declare_length=declare_length)

@@ -329,8 +329,8 @@ def test_with_diarization_bakes_the_pinned_pipeline_that_loads_offline(
     # What the worker then does with the baked folder, with the hub off as in the image.
     import huggingface_hub.constants
     import tiny_diarization
-    from qwen_worker.diarize import load_diarizer
-    from qwen_worker.speakers import SpeakerCount
+    from qwen_worker.engines.diarizer import load_diarizer
+    from qwen_worker.base.types import SpeakerCount
 
     clean_env.setenv("HF_HUB_OFFLINE", "1")
     clean_env.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -10,8 +10,8 @@ from datetime import timedelta
 import srt
 import webvtt
 
-from qwen_worker.formats import to_srt, to_text, to_vtt
-from qwen_worker.merge import Segment, Transcript
+from qwen_worker.pipeline.formats import to_srt, to_text, to_vtt
+from qwen_worker.base.types import Segment, Transcript
 
 SEGMENTS = [
     Segment(0, 0.0, 2.5, "Hello, world."),

@@ -16,7 +16,7 @@ import pytest
 
 import media
 from models import ENGLISH
-from qwen_worker.errors import ErrorCode
+from qwen_worker.base.errors import ErrorCode
 
 OK = "COMPLETED"
 

@@ -23,8 +23,8 @@ import pytest
 
 import media
 from models import ENGLISH, ENGLISH_WORDS
-from qwen_worker import config
-from qwen_worker.request import parse_request
+from qwen_worker.base import config
+from qwen_worker.jobs.request import parse_request
 from worker_server import run_test_input, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]

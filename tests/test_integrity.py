@@ -16,10 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
 
-from qwen_worker.chunking import Chunk
-from qwen_worker.engine import AlignedToken, AsrOutput
-from qwen_worker.merge import Transcript, merge_chunks
-from qwen_worker.subtitles import (SubtitleOptions, cuts_freely, line_limit, width, wrap)
+from qwen_worker.jobs.output import transcript_fields
+from qwen_worker.base.types import Chunk
+from qwen_worker.base.types import AlignedToken, AsrOutput
+from qwen_worker.base.types import Transcript
+from qwen_worker.pipeline.merge import merge_chunks
+from qwen_worker.base.types import SubtitleOptions
+from qwen_worker.pipeline.subtitles import cuts_freely, line_limit, width, wrap
 
 PROCESSOR = Qwen3ForceAlignProcessor()
 ALIGNED = ("English", "French", "German", "Spanish", "Russian", "Chinese", "Cantonese",
@@ -140,7 +143,7 @@ def check_integrity(t: Transcript, texts: list[str], languages: list[str],
 
 def rebuild(t: Transcript) -> str:
     """What a tool consuming `words` rebuilds, as README's output section says."""
-    return "".join(w["space"] + w["word"] for w in t.to_dict()["words"])
+    return "".join(w["space"] + w["word"] for w in transcript_fields(t)["words"])
 
 
 def joiner(previous: str | None, language: str) -> str:
@@ -407,5 +410,5 @@ def test_a_leading_mark_stays_with_the_word_it_precedes(text, language, words):
 def test_words_and_their_spaces_are_the_text(parts):
     t = merged(parts)
     assert rebuild(t) == t.text
-    out = t.to_dict()["words"]
+    out = transcript_fields(t)["words"]
     assert out[0]["space"] == "" and all(set(w["space"]) <= {" "} for w in out)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_worker.languages import ASR_LANGUAGES, UnsupportedLanguage, normalize_language
+from qwen_worker.base.languages import ASR_LANGUAGES, UnsupportedLanguage, normalize_language
 
 
 @pytest.mark.parametrize("value,name", [
@@ -47,7 +47,7 @@ def _outputs():
 def _check_read_as_qwen_asr(raw: str, forced: str | None) -> None:
     from qwen_asr.inference.utils import detect_and_fix_repetitions, parse_asr_output
 
-    from qwen_worker.engine import read_asr_output
+    from qwen_worker.engines.prompts import read_asr_output
 
     out = read_asr_output(raw, forced, 7, False)
     assert (out.language, out.text) == parse_asr_output(raw, user_language=forced)
@@ -80,7 +80,7 @@ def test_a_long_output_without_repeats_is_read_without_qwen_asrs_repetition_pass
 
     import qwen_asr.inference.utils as utils
 
-    from qwen_worker.engine import read_asr_output
+    from qwen_worker.engines.prompts import read_asr_output
 
     calls = []
     real = utils.detect_and_fix_repetitions

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from qwen_worker.chunking import Chunk
-from qwen_worker.engine import AlignedToken, AsrOutput
-from qwen_worker.merge import (SLOWEST_SECONDS_PER_CHAR, Word, align_words,
-                               build_segments, merge_chunks)
+from qwen_worker.base.types import Chunk
+from qwen_worker.base.types import AlignedToken, AsrOutput
+from qwen_worker.pipeline.merge import (SLOWEST_SECONDS_PER_CHAR, align_words, build_segments,
+                                        merge_chunks)
+from qwen_worker.base.types import Word
 
 
 def _out(text: str, language: str = "English") -> AsrOutput:

@@ -10,9 +10,10 @@ import pytest
 import media
 import tiny_models
 from models import CHINESE, ENGLISH, ENGLISH_WORDS, engine_for
-from qwen_worker.decode import SAMPLE_RATE
-from qwen_worker.engine import EngineError
-from qwen_worker.pipeline import Options, transcribe_file, transcribe_samples
+from qwen_worker.base.types import SAMPLE_RATE
+from qwen_worker.engines.base import EngineError
+from qwen_worker.base.types import Options
+from qwen_worker.pipeline.transcribe import transcribe_file, transcribe_samples
 
 LIMIT = 6 * 3600.0
 
@@ -70,7 +71,7 @@ def test_chinese_chunks_join_without_spaces(model_dirs):
 
 @pytest.mark.parametrize("language", ["English", "en", "eng", "ENGLISH"])
 def test_forced_language_by_name_or_code(english, language):
-    from qwen_worker.languages import normalize_language
+    from qwen_worker.base.languages import normalize_language
 
     t = transcribe_samples(media.samples_with_gaps(20.0, []),
                            Options(language=normalize_language(language)), english)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qwen_worker.config import load_settings
-from qwen_worker.prompts import asr_prompt
+from qwen_worker.base.config import load_settings
+from qwen_worker.engines.prompts import asr_prompt
 from signatures import parameters
 
 HERE = Path(__file__).parent
@@ -135,7 +135,7 @@ def test_the_stand_in_has_the_real_surface_and_refusals(real, model_dirs, monkey
         import vllm
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from qwen_worker.vllm_engine import asr_engine_args
+        from qwen_worker.engines.vllm.args import asr_engine_args
 
         settings = load_settings({"ASR_BACKEND": "vllm", "ASR_DEVICE": "cuda"})
         args = {**asr_engine_args(settings, str(model_dirs["english"])),

@@ -11,10 +11,10 @@ import pytest
 
 import media
 from models import ENGLISH, settings_for
-from qwen_worker import repair
-from qwen_worker.decode import SAMPLE_RATE
-from qwen_worker.engine import AlignedToken, AsrOutput, load_engine
-from qwen_worker.worker import Worker
+from qwen_worker.pipeline import repair
+from qwen_worker.base.types import SAMPLE_RATE
+from qwen_worker.base.types import AlignedToken, AsrOutput
+from qwen_worker.jobs.worker import Worker
 
 T = AlignedToken
 
@@ -84,10 +84,11 @@ class Scripted:
 
 @pytest.fixture
 def worker_with(model_dirs, english_engine, tmp_path):
-    def make(**script) -> Worker:
+    def make(repair_collapsed_times: bool = True, **script) -> Worker:
         settings = settings_for(model_dirs["english"], model_dirs["aligner"],
                                 WORK_DIR=str(tmp_path / "jobs"))
-        return Worker(settings, Scripted(english_engine, **script))
+        return Worker(settings, Scripted(english_engine, **script),
+                      repair_collapsed_times=repair_collapsed_times)
     return make
 
 
@@ -132,6 +133,17 @@ def test_collapsed_tail_is_aligned_again_on_its_own_audio(worker_with, tmp_path)
     (warning,) = [w for w in out["warnings"] if "collapsed" in w]
     assert warning == ("chunk 0 (0.0-10.0 s): 3 word timestamps (1.2-10.0 s) had collapsed onto "
                        "one instant; aligned again on their own audio")
+
+
+def test_a_worker_told_not_to_repair_keeps_the_collapsed_times(worker_with, tmp_path):
+    """repair_collapsed_times=False (benchmarks: what the repair costs a job): the aligner's
+    times as they came, no second alignment, no warning."""
+    worker = worker_with(collapse_calls=1, repair_collapsed_times=False)
+    out = worker.handle(_job(tmp_path, 10.0))
+    assert "error" not in out, out
+    assert len(worker.engine.align_calls) == 1
+    assert len({w["start"] for w in out["words"][3:]}) == 1
+    assert not [w for w in out["warnings"] if "collapsed" in w]
 
 
 def test_still_collapsed_after_realignment_is_spread_evenly(worker_with, tmp_path):

@@ -15,11 +15,10 @@ import requests
 
 import media
 from models import ENGLISH, settings_for
-from qwen_worker.config import ConfigError, load_settings
-from qwen_worker.engine import load_engine
-from qwen_worker.errors import ErrorCode
-from qwen_worker.results import result_bytes, trim
-from qwen_worker.worker import Worker
+from qwen_worker.base.config import ConfigError, load_settings
+from qwen_worker.base.errors import ErrorCode
+from qwen_worker.jobs.results import result_bytes, trim
+from qwen_worker.jobs.worker import Worker
 from s3_server import SECRET_KEY, S3Server, isolate_boto3
 
 # 120 s in 30 s chunks: 4 chunks, 24 words, about 3.4 kB of JSON with SRT and VTT.
@@ -207,7 +206,7 @@ def test_then_segments_and_a_long_transcript_never_fails_for_its_size(whole):
 def test_the_worker_trims_through_its_setting(whole, model_dirs):
     settings = settings_for(model_dirs["english"], model_dirs["aligner"])
     assert settings.bucket is None and settings.result_max_bytes == 8_000_000
-    from qwen_worker.results import deliver
+    from qwen_worker.jobs.results import deliver
 
     assert deliver(whole, settings, "j") is whole
     small = dataclasses.replace(settings, result_max_bytes=result_bytes(whole) - 1)
@@ -252,7 +251,7 @@ def test_bucket_settings_that_cannot_work_are_refused_at_start_up():
 
 
 def test_a_summary_over_the_limit_leaves_its_text_to_the_file(whole, s3, model_dirs):
-    from qwen_worker.results import deliver
+    from qwen_worker.jobs.results import deliver
 
     s3.create_bucket("results-tiny")
     settings = settings_for(model_dirs["english"], model_dirs["aligner"],

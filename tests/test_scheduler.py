@@ -14,10 +14,11 @@ import pytest
 
 import media
 from models import ENGLISH, settings_for
-from qwen_worker.engine import AlignedToken, AsrOutput, load_engine
-from qwen_worker.lifecycle import LIFETIME, JobCancelled, JobScope
-from qwen_worker.scheduler import BatchScheduler
-from qwen_worker.worker import Worker
+from qwen_worker.base.types import AlignedToken, AsrOutput
+from qwen_worker.engines.load import load_engine
+from qwen_worker.base.lifecycle import LIFETIME, JobCancelled, JobScope
+from qwen_worker.engines.scheduler import BatchScheduler
+from qwen_worker.jobs.worker import Worker
 
 SR = 16000
 

@@ -63,7 +63,7 @@ def audio(tmp_path_factory) -> Path:
 def direct(model_dirs, tmp_path_factory, audio):
     """The worker's own job output for the same audio (the queue handler's path), with the
     tokenizer the server uses: what every response format must agree with."""
-    from server import load_worker
+    from qwen_worker.api.http import load_worker
 
     settings = settings_for(model_dirs["english"], model_dirs["aligner"],
                             WORK_DIR=str(tmp_path_factory.mktemp("direct-jobs")))
@@ -98,7 +98,7 @@ def test_ping_answers_204_while_the_models_load_then_200(api):
 def test_loading_state_is_held_until_the_models_are_there(model_dirs, tmp_path, audio):
     """The app's states with loading held open (a gate before the real loader): 204 and 503
     WORKER_NOT_READY while loading, 200 and a transcript after, over real HTTP (uvicorn)."""
-    from server import ServerState, create_app, load_worker
+    from qwen_worker.api.http import ServerState, create_app, load_worker
 
     settings = settings_for(model_dirs["english"], model_dirs["aligner"], WORK_DIR=str(tmp_path))
     state = ServerState(settings)
@@ -494,7 +494,7 @@ def test_readme_python_example_runs(api, audio, tmp_path):
 # ---- the form contract, without a server ----------------------------------------------------
 
 def test_form_fields_map_onto_the_job_input():
-    from qwen_worker.openai_compat import job_input, parse_form
+    from qwen_worker.api.openai import job_input, parse_form
 
     form = parse_form({"model": ["whisper-1"], "language": ["English"], "prompt": ["Qwen"],
                        "temperature": ["0.0"], "response_format": ["srt"],
@@ -514,7 +514,7 @@ def test_form_fields_map_onto_the_job_input():
     ({"chunk_seconds": ["long"]}, "chunk_seconds"),
 ])
 def test_form_refusals_name_the_field(fields, param):
-    from qwen_worker.openai_compat import FormError, parse_form
+    from qwen_worker.api.openai import FormError, parse_form
 
     with pytest.raises(FormError) as exc_info:
         parse_form(fields, has_file=True)
@@ -522,7 +522,7 @@ def test_form_refusals_name_the_field(fields, param):
 
 
 def test_compression_ratio_flags_repetition_as_whisper_does():
-    from qwen_worker.openai_compat import compression_ratio
+    from qwen_worker.api.openai import compression_ratio
 
     assert compression_ratio("thank you " * 40) > 2.4  # Whisper's threshold for a loop
     assert compression_ratio(ENGLISH) < 2.4

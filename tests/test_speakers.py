@@ -20,14 +20,18 @@ from hypothesis import strategies as st
 import media
 from test_integrity import asr, check_integrity, chunks_of, files
 from models import ENGLISH, ENGLISH_WORDS, engine_for, settings_for
-from qwen_worker.errors import ErrorCode, WorkerError
-from qwen_worker.formats import to_srt, to_text, to_vtt
-from qwen_worker.merge import Transcript, merge_chunks
-from qwen_worker.request import parse_request
-from qwen_worker.speakers import (NEAREST_TURN_SECONDS, SpeakerCount, Turn, assign_speakers,
-                                  diarize_transcript, talk_time)
-from qwen_worker.subtitles import SubtitleOptions, Word, build_segments, wrap
-from qwen_worker.worker import Worker
+from qwen_worker.jobs.output import transcript_fields
+from qwen_worker.base.errors import ErrorCode, WorkerError
+from qwen_worker.pipeline.formats import to_srt, to_text, to_vtt
+from qwen_worker.base.types import Transcript
+from qwen_worker.pipeline.merge import merge_chunks
+from qwen_worker.jobs.request import parse_request
+from qwen_worker.pipeline.speakers import (NEAREST_TURN_SECONDS, assign_speakers,
+                                           diarize_transcript, talk_time)
+from qwen_worker.base.types import SpeakerCount, Turn
+from qwen_worker.base.types import SubtitleOptions, Word
+from qwen_worker.pipeline.subtitles import build_segments, wrap
+from qwen_worker.jobs.worker import Worker
 
 # ---- data ---------------------------------------------------------------------------------
 
@@ -168,7 +172,7 @@ def test_segments_are_cut_at_speaker_changes_within_one_sentence():
         ("so what do you think", "SPEAKER_00"), ("I think it works", "SPEAKER_01")]
     assert out.speakers == [{"speaker": "SPEAKER_00", "seconds": 1.85},
                             {"speaker": "SPEAKER_01", "seconds": 2.15}]
-    d = out.to_dict()
+    d = transcript_fields(out)
     assert [w["speaker"] for w in d["words"]] == ["SPEAKER_00"] * 5 + ["SPEAKER_01"] * 4
     assert [s["speaker"] for s in d["segments"]] == ["SPEAKER_00", "SPEAKER_01"]
     assert d["speakers"] == out.speakers
@@ -183,12 +187,12 @@ def test_a_word_in_a_short_pause_takes_the_nearest_turn_and_a_far_one_none():
         ["SPEAKER_00"]
     out = diarize_transcript(_transcript(words, duration=10.0), turns)
     assert out.segments[-1].speaker is None
-    assert "speaker" in out.to_dict()["segments"][-1]  # null, not missing, once diarized
+    assert "speaker" in transcript_fields(out)["segments"][-1]  # null, not missing, once diarized
 
 
 def test_without_diarization_the_output_has_no_speaker_fields():
     words = [Word("Hello,", 0.0, 0.5), Word("world.", 0.6, 1.0)]
-    d = _transcript(words).to_dict()
+    d = transcript_fields(_transcript(words))
     assert set(d) == {"text", "language", "languages", "duration", "words", "segments",
                       "chunks", "warnings"}
     assert set(d["words"][0]) == {"word", "start", "end", "space"}
@@ -237,7 +241,7 @@ def test_speaker_labels_off_keeps_speakers_in_json_but_not_in_cues_or_text():
     assert all(c.voice is None for c in webvtt.from_buffer(io.StringIO(to_vtt(t))).captions)
     assert "SPEAKER_" not in to_srt(t) and "SPEAKER_" not in to_text(t)
     assert to_text(t) == t.text + "\n"
-    assert {s["speaker"] for s in t.to_dict()["segments"]} == {"SPEAKER_00", "SPEAKER_01"}
+    assert {s["speaker"] for s in transcript_fields(t)["segments"]} == {"SPEAKER_00", "SPEAKER_01"}
 
 
 def test_text_starts_a_line_at_each_change_of_speaker():
@@ -419,7 +423,7 @@ def diarizing_api(model_dirs, tmp_path_factory):
     import openai
     import uvicorn
 
-    from server import ServerState, create_app, load_worker
+    from qwen_worker.api.http import ServerState, create_app, load_worker
     from worker_server import free_port
 
     settings = settings_for(model_dirs["english"], model_dirs["aligner"],
@@ -543,7 +547,7 @@ def test_bad_counts_reach_the_worker_check_and_are_400(diarizing_api, audio_file
 def test_diarize_with_a_format_that_contradicts_it_is_refused(fields, param):
     """diarize=false cannot give diarized_json; json and text have no place for speakers (the
     diarizer's minutes would be thrown away)."""
-    from qwen_worker.openai_compat import FormError, parse_form
+    from qwen_worker.api.openai import FormError, parse_form
 
     with pytest.raises(FormError) as err:
         parse_form(fields, has_file=True)
@@ -551,7 +555,7 @@ def test_diarize_with_a_format_that_contradicts_it_is_refused(fields, param):
 
 
 def test_diarized_json_form_maps_onto_a_diarizing_job():
-    from qwen_worker.openai_compat import job_input, parse_form
+    from qwen_worker.api.openai import job_input, parse_form
 
     form = parse_form({"response_format": ["diarized_json"], "chunking_strategy": ["auto"],
                        "min_speakers": ["2"], "max_speakers": ["4"]}, has_file=True)

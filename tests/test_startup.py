@@ -15,9 +15,10 @@ import pytest
 
 import media
 from models import engine_for
-from qwen_worker.config import ConfigError, chunk_token_budget, load_settings
-from qwen_worker.model_files import StartupError, check_model_dir, resolve_model
-from qwen_worker.pipeline import Options, transcribe_samples
+from qwen_worker.base.config import ConfigError, chunk_token_budget, load_settings
+from qwen_worker.engines.model_files import StartupError, check_model_dir, resolve_model
+from qwen_worker.base.types import Options
+from qwen_worker.pipeline.transcribe import transcribe_samples
 from worker_server import ROOT, run_test_input, worker_env
 
 ORDER_PROBE = r"""
@@ -32,7 +33,7 @@ builtins.__import__ = spy
 os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 sys.path.insert(0, "src")
 import handler  # the entry point's own imports, in its order
-from qwen_worker.config import load_settings
+from qwen_worker.base.config import load_settings
 import torch
 # Pretend this CPU build has CUDA and record which device-count path answers:
 # cudaGetDeviceCount initialises the CUDA runtime (fork-unsafe), NVML does not.
@@ -190,7 +191,7 @@ def test_self_test_fails_when_speech_gives_no_text(model_dirs, tmp_path):
 # -- the compile cache's folder and the engines' KV caches (pure: no engine starts) ----------
 
 def test_the_compile_cache_goes_to_the_network_volume_when_one_is_mounted(tmp_path):
-    from qwen_worker.compile_cache import choose
+    from qwen_worker.engines.vllm.compile_cache import choose
 
     volume, container = tmp_path / "runpod-volume", tmp_path / "container"
     kwargs = {"volume": volume, "volume_cache": volume / "cache", "container": container}
@@ -208,7 +209,7 @@ def test_the_compile_cache_goes_to_the_network_volume_when_one_is_mounted(tmp_pa
 
 def test_a_compile_cache_folder_that_cannot_be_written_falls_back_with_a_warning(tmp_path,
                                                                                 caplog):
-    from qwen_worker.compile_cache import choose
+    from qwen_worker.engines.vllm.compile_cache import choose
 
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
@@ -219,7 +220,7 @@ def test_a_compile_cache_folder_that_cannot_be_written_falls_back_with_a_warning
 
 
 def test_start_up_says_whether_each_engine_found_its_compiled_graphs():
-    from qwen_worker.compile_cache import verdict
+    from qwen_worker.engines.vllm.compile_cache import verdict
 
     assert verdict({"loaded": 2, "compiled": 0, "saved": 0, "dir": "", "seconds": 5.1}) == \
         "compile cache: hit (2 artifacts loaded)"
@@ -231,8 +232,8 @@ def test_start_up_says_whether_each_engine_found_its_compiled_graphs():
 
 
 def test_each_engine_gets_its_share_of_the_card_less_its_weights_and_the_reserve(model_dirs):
-    from qwen_worker.model_files import parameter_count
-    from qwen_worker.vllm_engine import GIB, kv_cache_plan
+    from qwen_worker.engines.model_files import parameter_count
+    from qwen_worker.engines.vllm.loader import GIB, kv_cache_plan
 
     asr, aligner = str(model_dirs["english"]), str(model_dirs["aligner"])
     settings = load_settings({"ASR_BACKEND": "vllm", "ASR_DTYPE": "bfloat16",

@@ -11,13 +11,14 @@ import pytest
 import srt
 import webvtt
 
-from qwen_worker.engine import AlignedToken
-from qwen_worker.errors import ErrorCode, WorkerError
-from qwen_worker.formats import to_srt, to_vtt
-from qwen_worker.merge import Segment, Transcript, Word, merge_chunks
-from qwen_worker.request import parse_request
-from qwen_worker.subtitles import (SubtitleOptions, build_segments, ends_sentence, line_limit,
-                                   width, wrap)
+from qwen_worker.base.types import AlignedToken
+from qwen_worker.base.errors import ErrorCode, WorkerError
+from qwen_worker.pipeline.formats import to_srt, to_vtt
+from qwen_worker.base.types import Segment, Transcript, Word
+from qwen_worker.pipeline.merge import merge_chunks
+from qwen_worker.jobs.request import parse_request
+from qwen_worker.base.types import SubtitleOptions
+from qwen_worker.pipeline.subtitles import build_segments, ends_sentence, line_limit, width, wrap
 from test_integrity import PROCESSOR, asr, check_integrity, chunks_of
 
 DEFAULT = SubtitleOptions()

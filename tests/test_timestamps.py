@@ -10,7 +10,7 @@ from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
 
 import numpy as np
 
-from qwen_worker.timestamps import repair, word_spans
+from qwen_worker.engines.timestamps import repair, word_spans
 
 QWEN = Qwen3ForceAlignProcessor()
 

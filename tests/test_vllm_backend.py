@@ -24,12 +24,14 @@ import pytest
 
 import media
 from models import ENGLISH, engine_for, settings_for
-from qwen_worker.config import ConfigError, load_settings
-from qwen_worker.engine import EngineError, is_fatal_gpu_error, load_engine
-from qwen_worker.lifecycle import LIFETIME, JobCancelled, JobScope
-from qwen_worker.model_files import StartupError
-from qwen_worker.pipeline import Options, transcribe_samples
-from qwen_worker.prompts import asr_prompt
+from qwen_worker.base.config import ConfigError, load_settings
+from qwen_worker.engines.base import EngineError, is_fatal_gpu_error
+from qwen_worker.engines.load import load_engine
+from qwen_worker.base.lifecycle import LIFETIME, JobCancelled, JobScope
+from qwen_worker.engines.model_files import StartupError
+from qwen_worker.base.types import Options
+from qwen_worker.pipeline.transcribe import transcribe_samples
+from qwen_worker.engines.prompts import asr_prompt
 
 STAND_INS = str(Path(__file__).parent / "stand_ins")
 SECOND = 16000
@@ -46,14 +48,14 @@ def stand_in():
         import vllm
 
         assert vllm.__file__.startswith(STAND_INS)
-        import qwen_worker.vllm_engine as vllm_engine
+        import qwen_worker.engines.vllm.loader as vllm_loader
 
-        class RecordedFrontEnd(vllm_engine.FrontEnd):  # closed after the test: no process left
+        class RecordedFrontEnd(vllm_loader.FrontEnd):  # closed after the test: no process left
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
                 vllm.FRONTS.append(self)
 
-        mp.setattr(vllm_engine, "FrontEnd", RecordedFrontEnd)
+        mp.setattr(vllm_loader, "FrontEnd", RecordedFrontEnd)
         yield vllm
         for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
             del sys.modules[name]
@@ -149,8 +151,9 @@ def _engines(vllm):
 
 def test_two_engines_start_with_the_workers_settings_and_warm_up(fake_vllm, model_dirs,
                                                                 monkeypatch):
-    from qwen_worker.vllm_engine import (ALIGNER_ARCHITECTURE, aligner_engine_args,
-                                         asr_engine_args, kv_cache_plan)
+    from qwen_worker.engines.vllm.args import (ALIGNER_ARCHITECTURE, aligner_engine_args,
+                                               asr_engine_args)
+    from qwen_worker.engines.vllm.loader import kv_cache_plan
 
     settings = _settings(model_dirs, VLLM_MAX_NUM_SEQS="48", MAX_NEW_TOKENS="1500")
     monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
@@ -194,7 +197,7 @@ def test_closing_the_engines_logs_no_false_engine_failure(fake_vllm, model_dirs,
     """vLLM 0.22's shutdown stops the engine core before it cancels the output task, which
     may log the core's exit as a failure, with a traceback, at every worker exit (seen on the
     H100, run 13). The stand-in always logs it, as its docstring says."""
-    from qwen_worker.vllm_engine import ASYNC_LLM_LOGGER
+    from qwen_worker.engines.vllm.loop import ASYNC_LLM_LOGGER
 
     failed = "AsyncLLM output_handler failed."
     async_llm_log = logging.getLogger(ASYNC_LLM_LOGGER)
@@ -304,6 +307,8 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, engine,
     within its chunk's audio and one past the end (a 30 s chunk: 377 of 5000 columns per
     `<timestamp>` row, not 5000), so a word is never put past the end of the audio it is in,
     and times within the audio come out as they would from all 5000."""
+    from qwen_worker.engines.vllm.engine import BenchOptions
+
     _, aligner = _engines(fake_vllm)
     chunks = [np.random.default_rng(i).normal(0, 0.1, s * SECOND).astype(np.float32)
               for i, s in enumerate((20, 31))]
@@ -313,9 +318,9 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, engine,
     asked = [r["params"].kwargs["returned_token_ids"] for r in aligner.requests[-2:]]
     assert asked == [list(range(252)), list(range(389))]  # 20 s / 80 ms + 2; 31 s
     # All 5000 classes, as qwen-asr's transformers aligner reads them.
-    monkeypatch.setattr(engine, "within_audio", False)
-    engine.transcribe(chunks, english, ["", ""])
-    assert engine.align(chunks, texts, english) == within
+    every_class = engine.with_bench_options(BenchOptions(align_within_audio=False))
+    every_class.transcribe(chunks, english, ["", ""])
+    assert every_class.align(chunks, texts, english) == within
     assert "returned_token_ids" not in aligner.requests[-1]["params"].kwargs
 
     # The model's likeliest time for the last timestamp lies past the end of the 20 s chunk:
@@ -328,10 +333,26 @@ def test_the_aligner_asks_only_for_the_times_within_the_audio(fake_vllm, engine,
         return rows
 
     monkeypatch.setattr(aligner, "_rows", late)
-    engine.within_audio = True
     engine.transcribe(chunks[:1], english[:1], [""])
     (words,) = engine.align(chunks[:1], texts[:1], english[:1])
     assert words == within[0] and max(w.end for w in words) <= 20.0
+
+
+def test_a_probe_is_one_request_vllm_processes_with_the_callers_params(fake_vllm, engine):
+    """`probe` (benchmarks: vLLM's raw probabilities against the transformers backend's): one
+    request per call, its prompt processed by vLLM itself, with the params given as they are."""
+    from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
+    from vllm import PoolingParams, SamplingParams
+
+    asr, aligner = _engines(fake_vllm)
+    audio = np.zeros(5 * SECOND, np.float32)
+    out = engine.probe("asr", asr_prompt("", "English"), audio,
+                       SamplingParams(temperature=0.0, max_tokens=1, detokenize=False))
+    assert len(out.outputs[0].token_ids) == 1 and asr.requests[-1]["params"].max_tokens == 1
+    _, prompt = Qwen3ForceAlignProcessor().encode_timestamp("hello there", "English")
+    pooled = engine.probe("aligner", prompt, audio, PoolingParams(task="token_classify"))
+    assert pooled.finished and aligner.requests[-1]["prompt"]["prompt"] == prompt
+    assert "returned_token_ids" not in aligner.requests[-1]["params"].kwargs  # all classes
 
 
 @pytest.mark.parametrize("language,suffix", [(None, "assistant\n"),
@@ -393,7 +414,7 @@ def test_each_engine_process_starts_with_one_torch_thread(fake_vllm, model_dirs,
     The worker's own process keeps its environment."""
     import multiprocessing
 
-    from qwen_worker.vllm_engine import engine_process_env
+    from qwen_worker.engines.vllm.loader import engine_process_env
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     settings = _settings(model_dirs)
@@ -416,7 +437,7 @@ def test_each_engine_process_starts_with_one_torch_thread(fake_vllm, model_dirs,
 
 
 def test_settings_that_cannot_hold_a_chunk_are_refused_at_start_up(fake_vllm, model_dirs):
-    from qwen_worker.vllm_engine import aligner_engine_args
+    from qwen_worker.engines.vllm.args import aligner_engine_args
 
     with pytest.raises(ConfigError, match=r"VLLM_MAX_NUM_BATCHED_TOKENS=3899 is too small.*3900"):
         _settings(model_dirs, VLLM_MAX_NUM_BATCHED_TOKENS="3899")
@@ -520,7 +541,7 @@ def test_a_job_joins_the_running_batch_instead_of_waiting(fake_vllm, engine, mon
 
 def test_a_dead_engine_fails_this_and_later_jobs_with_refresh(fake_vllm, model_dirs, tmp_path,
                                                             monkeypatch):
-    from qwen_worker.worker import Worker
+    from qwen_worker.jobs.worker import Worker
 
     jobs_dir = tmp_path / "jobs"
     settings = _settings(model_dirs, WORK_DIR=str(jobs_dir))
@@ -551,7 +572,8 @@ def test_aligner_output_that_does_not_fit_the_words_is_an_engine_error(fake_vllm
 
 
 def test_vllms_own_classes_are_required(fake_vllm, model_dirs, monkeypatch):
-    from qwen_worker.vllm_engine import ASR_ARCHITECTURE, check_native_classes
+    from qwen_worker.engines.vllm.args import ASR_ARCHITECTURE
+    from qwen_worker.engines.vllm.loader import check_native_classes
 
     check_native_classes()
 
@@ -572,10 +594,10 @@ def test_unknown_arguments_are_type_errors_as_in_vllm(fake_vllm, model_dirs, mon
         fake_vllm.AsyncEngineArgs(model="x", max_new_tokens=512)
     with pytest.raises(TypeError, match="Unexpected keyword argument 'max_new_tokens'"):
         fake_vllm.SamplingParams(temperature=0.0, max_new_tokens=512)
-    import qwen_worker.vllm_engine as vllm_engine
+    import qwen_worker.engines.vllm.loader as vllm_loader
 
-    real = vllm_engine.asr_engine_args
-    monkeypatch.setattr(vllm_engine, "asr_engine_args",
+    real = vllm_loader.asr_engine_args
+    monkeypatch.setattr(vllm_loader, "asr_engine_args",
                         lambda s, m: {**real(s, m), "max_audio_seconds": 60})
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_audio_seconds'"):
         load_engine(_settings(model_dirs))
@@ -597,7 +619,7 @@ def test_transformers_engine_reads_the_same_words(model_dirs):
 def test_cuda_turns_off_cudnn_attention_and_cpu_leaves_it():
     import torch
 
-    from qwen_worker.engine import configure_torch
+    from qwen_worker.engines.qwen_asr import configure_torch
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:
@@ -629,7 +651,7 @@ def test_control_tokens_in_a_context_never_reach_vllms_prompt(fake_vllm, engine)
     """The context is text on the GPU path too: every added token of the tokenizer is removed
     before the prompt is built (an `<|audio_pad|>` would make vLLM refuse the request; an
     `<|im_end|>` would add a turn), and a clean job running beside it is unaffected."""
-    from qwen_worker.prompts import control_tokens
+    from qwen_worker.engines.prompts import control_tokens
 
     asr, _ = _engines(fake_vllm)
     tokens = control_tokens(asr.tokenizer)
@@ -705,7 +727,7 @@ def test_every_front_end_process_is_started_and_warm_before_the_first_job(fake_v
     processors, one pass of the ASR's on 1 s of silence): on the H200 a pool still starting
     took ~26 CPU s beside the first jobs after an engine restart (BENCHMARKS.md, run 12). A
     process that cannot start fails start-up with its own reason."""
-    from qwen_worker.frontend import FrontEnd
+    from qwen_worker.engines.vllm.frontend import FrontEnd
 
     load_engine(_settings(model_dirs, VLLM_FRONTEND_PROCESSES="2"))  # more than one
     (front,) = fake_vllm.FRONTS
@@ -741,7 +763,7 @@ def test_audio_items_are_named_after_their_requests_across_processes(fake_vllm, 
 def test_a_dead_front_end_process_fails_jobs_with_refresh(fake_vllm, model_dirs, tmp_path):
     """A front-end process killed (by the kernel's OOM killer, say) breaks the pool: that job
     and every later one fail with refresh_worker, so RunPod replaces the worker."""
-    from qwen_worker.worker import Worker
+    from qwen_worker.jobs.worker import Worker
 
     settings = _settings(model_dirs, WORK_DIR=str(tmp_path / "jobs"))
     worker = Worker(settings, load_engine(settings))
@@ -757,7 +779,7 @@ def test_a_dead_front_end_process_fails_jobs_with_refresh(fake_vllm, model_dirs,
     assert fake_vllm.ACTIVE == set()
 
 
-# -- a shorter call's alignment pauses the ASR engine (vllm_engine.AsrPause) ------------------
+# -- a shorter call's alignment pauses the ASR engine (engines/vllm/pause.py) ------------------
 
 def _long_asr(fake_vllm, monkeypatch, engine, seconds: float = 120.0, words_per_s: float = 0.5):
     """A long call's ASR running in a thread (two chunks, a word per 2 s of audio, 10 ms a
@@ -802,7 +824,7 @@ def _pauses(asr, n: int) -> list[str]:
 
 
 class _PauseClock:
-    """vllm_engine's clock (the pause window's only) as time.monotonic() plus what a test moved
+    """The pause's clock (the pause window's only) as time.monotonic() plus what a test moved
     it on by: a pause leaves the window without the test sleeping."""
 
     def __init__(self) -> None:
@@ -814,18 +836,18 @@ class _PauseClock:
 
 @pytest.fixture(scope="module")
 def _module_pause_clock() -> _PauseClock:
-    import qwen_worker.vllm_engine as vllm_engine
+    import qwen_worker.engines.vllm.pause as vllm_pause
 
     with pytest.MonkeyPatch.context() as mp:
         clock = _PauseClock()
-        mp.setattr(vllm_engine, "time", clock)
+        mp.setattr(vllm_pause, "time", clock)
         yield clock
 
 
 @pytest.fixture
 def pause_clock(_module_pause_clock) -> _PauseClock:
-    """vllm_engine's clock, one pause window on from the last test's: no earlier pause counts."""
-    from qwen_worker.vllm_engine import PAUSE_WINDOW_S
+    """The pause's clock, one pause window on from the last test's: no earlier pause counts."""
+    from qwen_worker.engines.vllm.pause import PAUSE_WINDOW_S
 
     _module_pause_clock.moved += PAUSE_WINDOW_S
     return _module_pause_clock
@@ -888,7 +910,7 @@ def test_alignment_does_not_pause_asr_of_calls_as_short(fake_vllm, model_dirs, m
 def test_longer_calls_keep_half_of_the_gpu(fake_vllm, pausing_engine, monkeypatch, pause_clock):
     """Short calls aligned back to back do not hold the ASR engine paused: a pause starts only
     while the pauses of the last second took less than half of it."""
-    from qwen_worker.vllm_engine import PAUSE_WINDOW_S
+    from qwen_worker.engines.vllm.pause import PAUSE_WINDOW_S
 
     assert PAUSE_WINDOW_S == 1.0
     engine = pausing_engine
@@ -912,7 +934,7 @@ def test_a_pause_ends_early_after_half_a_second_or_for_a_call_as_short(fake_vllm
     """A long alignment pauses the ASR engine for MAX_PAUSE_S at most; and a call as short as
     the one aligned, sending ASR requests meanwhile, resumes it at once (a paused engine would
     hold them until the alignment ended)."""
-    from qwen_worker.vllm_engine import MAX_PAUSE_S
+    from qwen_worker.engines.vllm.pause import MAX_PAUSE_S
 
     engine = pausing_engine
     asr, aligner = _engines(fake_vllm)
@@ -973,9 +995,9 @@ def test_an_asr_engine_that_cannot_be_resumed_fails_jobs_with_refresh(fake_vllm,
     never answers a utility call of an engine core that died): the requests in it are aborted
     and fail as a dead engine's do, and so does every later call; the alignment itself got
     its result."""
-    import qwen_worker.vllm_engine as vllm_engine
+    import qwen_worker.engines.vllm.pause as vllm_pause
 
-    monkeypatch.setattr(vllm_engine, "PAUSE_CALL_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(vllm_pause, "PAUSE_CALL_TIMEOUT_S", 0.3)
     engine = load_engine(_settings(model_dirs, MAX_NEW_TOKENS="2048"))
     asr, aligner = _engines(fake_vllm)
     _slow_aligner(aligner, monkeypatch, 0.05)
@@ -1016,7 +1038,7 @@ def test_profiled_kv_caches_start_the_engines_one_after_the_other(fake_vllm, mod
     """VLLM_KV_CACHE_SIZING=profiled: vLLM sizes each KV cache from the free memory it finds,
     so the second engine starts only once the first holds its memory (the start-up before the
     sizes were fixed). The default starts both at once (tests/test_exit.py)."""
-    from qwen_worker.startup import CLOCK
+    from qwen_worker.base.clock import CLOCK
 
     engine = load_engine(_settings(model_dirs, VLLM_KV_CACHE_SIZING="profiled"))
     try:

@@ -11,7 +11,7 @@ import pytest
 
 import media
 from models import ENGLISH, ENGLISH_WORDS
-from qwen_worker.errors import ErrorCode
+from qwen_worker.base.errors import ErrorCode
 from worker_server import run_test_input, worker_env
 
 EXPECTED_KEYS = {"text", "language", "languages", "duration", "words", "segments", "chunks",

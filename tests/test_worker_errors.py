@@ -7,8 +7,7 @@ import pytest
 
 import media
 from models import ENGLISH
-from qwen_worker.engine import load_engine
-from qwen_worker.worker import Worker, is_fatal_gpu_error
+from qwen_worker.engines.base import is_fatal_gpu_error
 
 
 @pytest.fixture
@@ -48,7 +47,7 @@ def test_engine_failure_is_engine_error_and_the_next_job_works(worker, wav_b64, 
 
 
 def test_unexpected_bug_is_internal_error_without_details(worker, wav_b64, monkeypatch):
-    import qwen_worker.worker as w
+    import qwen_worker.jobs.worker as w
 
     monkeypatch.setattr(w, "transcribe_file", lambda *a, **k: {}["missing"])
     out = worker.handle({"id": "3", "input": {"audio_base64": wav_b64}})

@@ -1,12 +1,13 @@
 """Qwen3-ASR transcription worker: long audio in, one timestamped transcript out.
 
-Stages, one module each, in pipeline order:
-    download -> decode -> chunking -> prompts -> engine (ASR + alignment, `vllm_engine` on a
-    GPU) -> timestamps -> merge -> formats
-`pipeline.transcribe_file` runs decode..merge (with `repair` and `subtitles`); `worker.py` adds
-the input contract (`request`), the safe download and the error codes, and runs many jobs at
-once (on the transformers backend through one `scheduler`); `handler.py` (outside the package)
-is the RunPod entry point.
+Layers as packages, each importing only the ones below it (docs/architecture.md):
+    api       the interfaces: RunPod's queue handler, the OpenAI-compatible HTTP server
+    jobs      one job: input contract, the job's path, error codes, the output and its delivery
+    pipeline  the stages of one file: download, decode, chunking, transcribe, merge, subtitles
+    engines   the models: the Engine interface, transformers and vLLM backends, diarizer
+    base      settings, errors, lifetime, languages, the shared data types
+`startup` loads what the interfaces serve with and owns the way out; src/handler.py and
+src/server.py are the entry points.
 """
 
 import os as _os
@@ -22,5 +23,5 @@ _os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 # native classes. Importing qwen_asr tries to import that backend and register its class with
 # vLLM; marking it absent turns the attempt into the ImportError qwen-asr already expects, so
 # its class can never replace vLLM's, and no CPU process imports all of vLLM for nothing
-# (3-5 s each). `vllm_engine.check_native_classes` still checks vLLM's registry at start-up.
+# (3-5 s each). `engines.vllm.loader.check_native_classes` still checks vLLM's registry at start-up.
 _sys.modules.setdefault("qwen_asr.core.vllm_backend", None)

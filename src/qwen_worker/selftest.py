@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Settings
-from .decode import SAMPLE_RATE, decode
-from .engine import Engine
-from .merge import Transcript
-from .pipeline import Options, transcribe_samples
+from qwen_worker.base.config import Settings
+from qwen_worker.base.types import SAMPLE_RATE, Options, Transcript
+from qwen_worker.engines.base import Engine
+from qwen_worker.pipeline.decode import decode
+from qwen_worker.pipeline.transcribe import transcribe_samples
 
 SPEECH = ("Welcome back to the show. Today we talk about speech recognition on graphics cards, "
           "and how a long podcast becomes a transcript with word timestamps. ")
@@ -98,7 +98,7 @@ def _gpu_memory(device: str) -> str:
 
 def run_self_test(settings: Settings, engine: Engine) -> int:
     """Print the start-up's phases, the checks and figures; 0 when every check passed."""
-    from .startup import CLOCK
+    from qwen_worker.base.clock import CLOCK
 
     load_seconds = CLOCK.now()
     print(f"self-test: backend {engine.backend}, ASR {engine.asr_model}, "

@@ -23,96 +23,17 @@ import os
 import signal
 import sys
 import threading
-import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
+
+from qwen_worker.base.clock import CLOCK
+from qwen_worker.base.lifecycle import CLOSERS
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .diarize import Diarizer
-    from .engine import Engine
+    from qwen_worker.base.config import Settings
+    from qwen_worker.engines.base import Engine
+    from qwen_worker.engines.diarizer import Diarizer
 
 log = logging.getLogger("startup")
-
-
-def _process_started() -> float:
-    """time.time() at which this process started (its interpreter's start, imports included)."""
-    try:
-        import psutil
-
-        return psutil.Process().create_time()
-    except Exception:  # noqa: BLE001 - psutil missing or /proc unreadable: from here on
-        return time.time()
-
-
-class StartupClock:
-    """The start-up's phases: name -> (from, to), seconds after the process started."""
-
-    def __init__(self) -> None:
-        self.origin = _process_started()
-        self.phases: dict[str, tuple[float, float, str]] = {}
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        return time.time() - self.origin
-
-    def record(self, name: str, start: float, end: float, detail: str = "") -> None:
-        with self._lock:
-            self.phases[name] = (start, end, detail)
-        log.info("%s", self.line(name))
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[list[str]]:
-        """Time the block as phase `name`; what the block appends to the yielded list joins
-        the phase's line."""
-        start = self.now()
-        detail: list[str] = []
-        yield detail
-        self.record(name, start, self.now(), "; ".join(detail))
-
-    def line(self, name: str) -> str:
-        start, end, detail = self.phases[name]
-        return (f"start-up phase: {name} {end - start:.1f} s ({start:.1f} -> {end:.1f} s after "
-                f"process start{'; ' + detail if detail else ''})")
-
-    def ready(self, what: str) -> str:
-        """The summary line: `what` is ready, this long after the process started."""
-        with self._lock:
-            parts = ", ".join(f"{name} {end - start:.1f}"
-                              for name, (start, end, _) in self.phases.items())
-        line = f"start-up: {what} {self.now():.1f} s after process start ({parts})"
-        log.info("%s", line)
-        return line
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            return [self.line(name) for name in self.phases]
-
-
-CLOCK = StartupClock()
-
-
-class Closers:
-    """What must be closed before the process ends (the engines), newest first."""
-
-    def __init__(self) -> None:
-        self._closers: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
-
-    def add(self, close: Callable[[], None]) -> None:
-        with self._lock:
-            self._closers.append(close)
-
-    def close_all(self) -> None:
-        with self._lock:
-            closers, self._closers = self._closers[::-1], []
-        for close in closers:
-            try:
-                close()
-            except Exception:  # noqa: BLE001 - the way out goes on; the children end below
-                log.debug("closing failed", exc_info=True)
-
-
-CLOSERS = Closers()
 
 
 class Terminated(SystemExit):
@@ -127,9 +48,9 @@ def _sigterm_during_startup(signum: int, frame: Any) -> None:
 def configure() -> "Settings":
     """Settings from the environment, logging, the compile cache's folder; or one log line
     saying what to change and exit status 1."""
-    from .compile_cache import apply, choose
-    from .config import ConfigError, load_settings
-    from .download import allow_loopback_for_local_testing
+    from qwen_worker.base.config import ConfigError, load_settings
+    from qwen_worker.engines.vllm.compile_cache import apply, choose
+    from qwen_worker.pipeline.download import allow_loopback_for_local_testing
 
     with CLOCK.phase("settings"):
         try:
@@ -150,7 +71,7 @@ def configure() -> "Settings":
 
 def load_failure(settings: "Settings", exc: BaseException) -> str:
     """Why the models did not load, in one line (the traceback goes to DEBUG)."""
-    from .model_files import StartupError
+    from qwen_worker.engines.model_files import StartupError
 
     if isinstance(exc, StartupError):
         return str(exc)
@@ -162,8 +83,8 @@ def load_failure(settings: "Settings", exc: BaseException) -> str:
 
 def start() -> "tuple[Settings, Engine, Diarizer | None]":
     """Settings and models, or one log line saying what to change and exit status 1."""
-    from .diarize import load_configured
-    from .engine import load_engine
+    from qwen_worker.engines.diarizer import load_configured
+    from qwen_worker.engines.load import load_engine
 
     settings = configure()
     try:
@@ -178,7 +99,7 @@ def start() -> "tuple[Settings, Engine, Diarizer | None]":
 
 def end_everything() -> list[int]:
     """Close what the worker opened and end every process it started; their PIDs."""
-    from .lifecycle import LIFETIME, end_child_processes
+    from qwen_worker.base.lifecycle import LIFETIME, end_child_processes
 
     LIFETIME.stop_all()  # jobs still running (a way out other than SIGTERM) stop first
     CLOSERS.close_all()
@@ -188,7 +109,7 @@ def end_everything() -> list[int]:
 def run(main: Callable[[], int | None]) -> NoReturn:
     """Run an entry point's `main` and end the process with its status: 0 when it returns,
     a SystemExit's code, 1 after an exception (logged)."""
-    from .lifecycle import adopt_orphans
+    from qwen_worker.base.lifecycle import adopt_orphans
 
     adopt_orphans()
     if threading.current_thread() is threading.main_thread():
