@@ -171,7 +171,6 @@ def configure_torch(device: str) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-
 def load_qwen_asr_engine(settings: Settings, asr_path: str, aligner_path: str) -> QwenEngine:
     with CLOCK.phase("models"):
         from qwen_asr import Qwen3ASRModel
