@@ -172,6 +172,7 @@ def configure_torch(device: str) -> None:
 
 
 def load_qwen_asr_engine(settings: Settings, asr_path: str, aligner_path: str) -> QwenEngine:
+    """Both models through qwen-asr's transformers classes, loaded once per worker process."""
     with CLOCK.phase("models"):
         from qwen_asr import Qwen3ASRModel
 
