@@ -26,7 +26,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from qwen_worker.base.clock import CLOCK
-from qwen_worker.base.lifecycle import CLOSERS
+from qwen_worker.base.lifecycle import CLOSERS, LIFETIME, adopt_orphans, end_child_processes
 
 if TYPE_CHECKING:
     from qwen_worker.base.config import Settings
@@ -99,8 +99,6 @@ def start() -> "tuple[Settings, Engine, Diarizer | None]":
 
 def end_everything() -> list[int]:
     """Close what the worker opened and end every process it started; their PIDs."""
-    from qwen_worker.base.lifecycle import LIFETIME, end_child_processes
-
     LIFETIME.stop_all()  # jobs still running (a way out other than SIGTERM) stop first
     CLOSERS.close_all()
     return end_child_processes()
@@ -109,8 +107,6 @@ def end_everything() -> list[int]:
 def run(main: Callable[[], int | None]) -> NoReturn:
     """Run an entry point's `main` and end the process with its status: 0 when it returns,
     a SystemExit's code, 1 after an exception (logged)."""
-    from qwen_worker.base.lifecycle import adopt_orphans
-
     adopt_orphans()
     if threading.current_thread() is threading.main_thread():
         # Until runpod's job loop or uvicorn installs its own (lifecycle wraps those).
